@@ -1,0 +1,29 @@
+# The README's two commands: `make demo` and `make test`. Both create the virtual environment
+# on first use. TORCH_SPEC picks the torch build: the default pin takes the CPU wheel on this
+# kind of machine and the CUDA wheel from PyPI on a Linux GPU machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+MODALITY ?= cxr
+EPOCHS ?=
+DEPLOY ?=
+
+.PHONY: demo test env clean-runs
+
+env: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: env
+	$(PY) -m ddad_bundle demo --modality $(MODALITY) $(if $(EPOCHS),--epochs $(EPOCHS),)
+
+test: env
+	$(PY) -m pytest -q -n 2 tests
+
+clean-runs:
+	rm -rf runs

@@ -1,0 +1,137 @@
+"""Guards for bundle runs: refuse mistyped override keys, and record what a run was made with.
+
+``python -m monai.bundle run`` adds any ``--key value`` it is given to the config, so a typo such
+as ``--epoch 5`` (for ``--epochs``) would silently train the default schedule. The configs'
+``initialize`` step calls ``record_run``, which checks every override key against the keys the
+config files define, fails with the closest valid name when one is unknown, and writes
+``run_record.json`` beside the run's outputs: the merged config with overrides (before
+evaluation), the seed, the command line and the package versions.
+
+Where the invocation comes from: ``python -m ddad_bundle`` and the tests register it with
+``set_invocation``; a plain ``python -m monai.bundle run ...`` is read from ``sys.argv``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from monai.bundle import ConfigParser
+
+# Arguments of monai.bundle's ``run`` that are not config overrides.
+_RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
+_invocation: dict | None = None
+
+
+class ConfigKeyError(KeyError):
+    """An override names a key that no config file defines."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def set_invocation(config_files, overrides: dict) -> None:
+    """Register the config files and overrides of an in-process run (CLI wrapper, tests)."""
+    global _invocation
+    _invocation = {"config_files": _as_list(config_files), "overrides": dict(overrides)}
+
+
+def clear_invocation() -> None:
+    global _invocation
+    _invocation = None
+
+
+def _as_list(config_files) -> list[str]:
+    if isinstance(config_files, (list, tuple)):
+        return [str(f) for f in config_files]
+    text = str(config_files).strip()
+    if text.startswith("["):
+        return [str(f) for f in json.loads(text.replace("'", '"'))]
+    return [f.strip() for f in text.split(",")] if "," in text else [text]
+
+
+def parse_run_argv(argv: list[str]) -> dict | None:
+    """Config files and overrides of a ``python -m monai.bundle run ...`` command line, or None."""
+    if not argv or "monai" not in argv[0].replace("\\", "/") or "run" not in argv[1:2]:
+        return None
+    args, overrides, i = argv[2:], {}, 0
+    config_files = None
+    while i < len(args):
+        token = args[i]
+        if not token.startswith("--"):
+            i += 1
+            continue
+        key, value = (token[2:].split("=", 1) + [None])[:2]
+        if value is None and i + 1 < len(args) and not args[i + 1].startswith("--"):
+            value, i = args[i + 1], i + 1
+        if key == "config_file":
+            config_files = _as_list(value)
+        elif key not in _RUN_ARGUMENTS:
+            overrides[key] = value
+        i += 1
+    return {"config_files": config_files or [], "overrides": overrides}
+
+
+def current_invocation() -> dict | None:
+    return _invocation or parse_run_argv(sys.argv)
+
+
+def _flat_keys(config, prefix: str = "") -> list[str]:
+    keys = []
+    items = config.items() if isinstance(config, dict) else enumerate(config) if isinstance(config, list) else []
+    for key, value in items:
+        name = f"{prefix}{key}"
+        keys.append(name)
+        keys.extend(_flat_keys(value, name + "#"))
+    return keys
+
+
+def check_overrides(config_files, overrides) -> None:
+    """Raise ``ConfigKeyError`` for an override key that the merged config files do not define."""
+    parser = ConfigParser(ConfigParser.load_config_files(config_files))
+    known = _flat_keys(parser.get())
+    for key in overrides:
+        normalized = str(key).replace("::", "#")
+        if normalized not in known:
+            close = difflib.get_close_matches(normalized, known, n=3, cutoff=0.6)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise ConfigKeyError(
+                f"unknown config key {key!r} given on the command line: no config file defines it{hint} "
+                f"(config files: {', '.join(str(f) for f in config_files)})"
+            )
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in ("torch", "monai", "pytorch-ignite", "numpy", "nibabel", "pydicom", "scikit-learn"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def record_run(output_dir, seed: int, workflow: str = "") -> Path:
+    """Check the overrides, then write ``run_record.json`` in ``output_dir``; returns its path."""
+    invocation = current_invocation()
+    record = {"workflow": workflow, "seed": int(seed), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "command": shlex.join(sys.argv), "versions": package_versions()}
+    if invocation and invocation["config_files"]:
+        check_overrides(invocation["config_files"], invocation["overrides"])
+        parser = ConfigParser(ConfigParser.load_config_files(invocation["config_files"]))
+        parser.update(invocation["overrides"])
+        record.update(config_files=[str(Path(f).resolve()) for f in invocation["config_files"]],
+                      overrides=invocation["overrides"], config=parser.get())
+    path = Path(output_dir) / f"run_record{'_' + workflow if workflow else ''}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path

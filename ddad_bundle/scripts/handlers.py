@@ -1,0 +1,139 @@
+"""Ignite handlers of the DDAD bundle: per-member checkpoints with resume, a progress bar.
+
+``MemberCheckpoints`` keeps, for every member of an ensemble, one resumable checkpoint
+(network, optimizer and trainer state) written atomically by Ignite's ``Checkpoint`` +
+``DiskSaver`` at the end of every ``save_every`` epochs, and, when training completes, the
+member's final weights as ``<module>_member<k>.pt`` (also atomic: written to a temporary file,
+then renamed). On ``Events.STARTED`` it looks for the members' last checkpoints and, when all
+are present and agree on the epoch, loads them so an interrupted run continues where it stopped.
+
+Example (config)::
+
+    {"_target_": "scripts.handlers.MemberCheckpoints", "ckpt_dir": "@ckpt_dir", "module": "ndm"}
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint, DiskSaver
+
+logger = logging.getLogger("ddad")
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def final_weights_path(ckpt_dir, module: str, member: int) -> Path:
+    return Path(ckpt_dir) / f"{module}_member{member}.pt"
+
+
+class MemberCheckpoints:
+    """Resumable per-member checkpoints and final weights for an ``EnsembleTrainer``.
+
+    Args:
+        ckpt_dir: folder of the run's checkpoints.
+        module: 'ndm' or 'udm' (file name prefix).
+        save_every: epochs between resumable checkpoints.
+        resume: load the last checkpoints at start when they exist.
+    """
+
+    def __init__(self, ckpt_dir, module: str, save_every: int = 1, resume: bool = True):
+        if save_every < 1:
+            raise ValueError(f"save_every must be >= 1, got {save_every}")
+        self.ckpt_dir = Path(ckpt_dir)
+        self.module = module
+        self.save_every = save_every
+        self.resume = resume
+
+    def _prefix(self, member: int) -> str:
+        return f"{self.module}_member{member}"
+
+    def attach(self, engine: Engine) -> None:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        saver = DiskSaver(str(self.ckpt_dir), require_empty=False, atomic=True)
+        for k, (net, optimizer) in enumerate(zip(engine.members, engine.optimizers)):
+            checkpoint = Checkpoint(
+                {"network": net, "optimizer": optimizer, "trainer": engine},
+                saver,
+                filename_prefix=self._prefix(k),
+                n_saved=1,
+                global_step_transform=lambda e, _: e.state.epoch,
+            )
+            engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), checkpoint)
+        # Checkpoints left by an earlier, interrupted process are not tracked by these Checkpoint
+        # objects; drop them once a newer one exists so a folder keeps one per member.
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), self.remove_stale)
+        engine.add_event_handler(Events.COMPLETED, self.save_final)
+        if self.resume:
+            engine.add_event_handler(Events.STARTED, self.load_latest)
+
+    def latest(self, member: int) -> tuple[int, Path] | None:
+        """(epoch, path) of a member's last resumable checkpoint, or None."""
+        pattern = re.compile(rf"^{re.escape(self._prefix(member))}_checkpoint_(\d+)\.pt$")
+        found = [(int(m.group(1)), p) for p in self.ckpt_dir.glob("*.pt") if (m := pattern.match(p.name))]
+        return max(found) if found else None
+
+    def remove_stale(self, engine: Engine) -> None:
+        pattern = re.compile(rf"^{re.escape(self.module)}_member\d+_checkpoint_(\d+)\.pt$")
+        for path in self.ckpt_dir.glob(f"{self.module}_member*_checkpoint_*.pt"):
+            match = pattern.match(path.name)
+            if match and int(match.group(1)) < engine.state.epoch:
+                path.unlink(missing_ok=True)
+
+    def load_latest(self, engine: Engine) -> None:
+        latest = [self.latest(k) for k in range(len(engine.members))]
+        if all(item is None for item in latest):
+            return
+        missing = [k for k, item in enumerate(latest) if item is None]
+        epochs = {item[0] for item in latest if item is not None}
+        if missing or len(epochs) != 1:
+            raise RuntimeError(
+                f"{self.module}: checkpoints in {self.ckpt_dir} disagree (members without one: {missing}, "
+                f"epochs found: {sorted(epochs)}); remove them or set resume to false to start over"
+            )
+        max_epochs = engine.state.max_epochs
+        for k, (net, optimizer) in enumerate(zip(engine.members, engine.optimizers)):
+            state = torch.load(latest[k][1], map_location=engine.state.device, weights_only=False)
+            Checkpoint.load_objects({"network": net, "optimizer": optimizer, "trainer": engine}, state)
+        # A longer schedule given on the command line wins over the one stored in the checkpoint.
+        engine.state.max_epochs = max(max_epochs, engine.state.epoch)
+        logger.info("%s: resumed all members from epoch %d in %s", self.module, engine.state.epoch, self.ckpt_dir)
+
+    def save_final(self, engine: Engine) -> None:
+        for k, net in enumerate(engine.members):
+            atomic_torch_save(net.state_dict(), final_weights_path(self.ckpt_dir, self.module, k))
+        logger.info("%s: final weights of %d members in %s", self.module, len(engine.members), self.ckpt_dir)
+
+
+class LossProgressBar:
+    """tqdm progress bar over the iterations of an epoch, showing the running loss."""
+
+    def __init__(self, module: str = "", enabled: bool = True):
+        self.module = module
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        if not self.enabled:
+            return
+        from ignite.handlers import ProgressBar
+
+        bar = ProgressBar(persist=False, desc=self.module)
+        bar.attach(engine, output_transform=lambda output: {"loss": output["loss"]})

@@ -1,0 +1,125 @@
+"""Evaluation reports: ``metrics.json``, a per-image CSV of scores, and a printed table.
+
+``metrics.json`` maps each score name (``A_rec``, ``A_rec_ensemble``, ``A_intra``, ``A_inter``,
+``R_intra``, ``R_dual``) to ``{"auc", "ap", ...}`` (fractions in [0, 1]); ``pixel_auroc`` where the
+test images have masks; ``auc_ci95`` (stratified bootstrap), ``f1_max`` and ``sens_at_spec95``;
+and, for ``A_rec``, the AUC of every NDM member alone (``auc_per_member``).
+
+Example (config)::
+
+    {"_target_": "scripts.reports.ScoreReport", "output_dir": "@output_dir"}
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from ignite.engine import Engine, Events
+from sklearn.metrics import roc_auc_score
+
+from .metrics import summarize_scores
+from .scores import ALL_SCORES
+
+logger = logging.getLogger("ddad")
+
+
+def write_json_atomic(obj, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def format_table(metrics: dict) -> str:
+    """A fixed-width text table of every score's image AUC / AP (and pixel AUROC when present)."""
+    pixel = any("pixel_auroc" in m for m in metrics.values())
+    header = f"{'score':<16}{'AUC':>8}{'AP':>8}" + (f"{'pixel AUROC':>13}" if pixel else "")
+    lines = [header, "-" * len(header)]
+    for name, m in metrics.items():
+        row = f"{name:<16}{m['auc']:>8.3f}{m['ap']:>8.3f}"
+        if pixel:
+            row += f"{m.get('pixel_auroc', float('nan')):>13.3f}"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+class ScoreReport:
+    """Collects per-image scores during evaluation; writes metrics.json and scores.csv at the end.
+
+    Args:
+        output_dir: folder of the reports.
+        n_boot: bootstrap resamples for ``auc_ci95``.
+        seed: seed of the bootstrap.
+        print_table: print the AUC/AP table to stdout.
+    """
+
+    def __init__(self, output_dir, n_boot: int = 1000, seed: int = 0, print_table: bool = True):
+        self.output_dir = Path(output_dir)
+        self.n_boot = n_boot
+        self.seed = seed
+        self.print_table = print_table
+        self.rows: list[dict] = []
+        self.member_scores: list[np.ndarray] = []
+        self.metrics: dict = {}
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.collect)
+        engine.add_event_handler(Events.COMPLETED, self.write)
+
+    def reset(self, engine: Engine) -> None:
+        self.rows, self.member_scores = [], []
+
+    def collect(self, engine: Engine) -> None:
+        output = engine.state.output
+        labels = output["label"].detach().cpu().numpy().astype(int)
+        scores = {k: v.detach().float().cpu().numpy() for k, v in output["scores"].items()}
+        names = output.get("filename") or [""] * len(labels)
+        for i, label in enumerate(labels):
+            row = {"image": str(names[i]), "label": int(label)}
+            row.update({k: float(v[i]) for k, v in scores.items()})
+            self.rows.append(row)
+        self.member_scores.append(output["member_A_rec"].detach().float().cpu().numpy())
+
+    def summarize(self, engine: Engine) -> dict:
+        labels = np.array([r["label"] for r in self.rows])
+        names = [n for n in ALL_SCORES if n in self.rows[0]]
+        metrics = {}
+        for name in names:
+            scores = np.array([r[name] for r in self.rows])
+            entry = summarize_scores(scores, labels, n_boot=self.n_boot, seed=self.seed)
+            # The AUC/AP reported are MONAI's handlers' values (they agree with scikit-learn).
+            entry["auc"] = float(engine.state.metrics.get(f"{name}/auc", entry["auc"]))
+            entry["ap"] = float(engine.state.metrics.get(f"{name}/ap", entry["ap"]))
+            if f"{name}/pixel_auroc" in engine.state.metrics:
+                entry["pixel_auroc"] = float(engine.state.metrics[f"{name}/pixel_auroc"])
+            metrics[name] = entry
+        members = np.concatenate(self.member_scores, axis=1)
+        metrics["A_rec"]["auc_per_member"] = [float(roc_auc_score(labels, m)) for m in members]
+        return metrics
+
+    def write(self, engine: Engine) -> None:
+        if not self.rows:
+            raise RuntimeError("evaluation saw no test images; check the split's 'test' set")
+        self.metrics = self.summarize(engine)
+        path = write_json_atomic(self.metrics, self.output_dir / "metrics.json")
+        self.write_csv(self.output_dir / "scores.csv")
+        if self.print_table:
+            print(format_table(self.metrics))
+            print(f"metrics written to {path}")
+        logger.info("metrics: %s", path)
+
+    def write_csv(self, path: Path) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(self.rows[0].keys()))
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(tmp, path)
