@@ -26,11 +26,12 @@ from ddad_bundle import BUNDLE_ROOT, CONFIG_DIR
 
 WORKFLOW_CONFIGS = {
     "training": ["common.json", "train.json"],
+    "training_asr": ["common.json", "train.json", "train_asr.json"],
     "evaluating": ["common.json", "train.json", "evaluate.json"],
 }
 
 # The demo's shortened schedule (the paper trains 250 epochs); see docs/README.md for its results.
-DEMO_SETTINGS = {"epochs": 25, "progress_bar": False}
+DEMO_SETTINGS = {"epochs": 25, "asr_epochs": 10, "progress_bar": False}
 
 
 def ensure_bundle_on_path() -> None:
@@ -96,14 +97,18 @@ def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=Non
 
 
 def demo(args: argparse.Namespace) -> int:
-    overrides = dict(DEMO_SETTINGS, modality=args.modality, runs_dir=os.path.abspath(args.runs_dir))
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
+    """Train both stages on generated phantoms with the demo schedule, then evaluate."""
+    stage1 = {"epochs": DEMO_SETTINGS["epochs"] if args.epochs is None else args.epochs,
+              "progress_bar": DEMO_SETTINGS["progress_bar"], "modality": args.modality,
+              "runs_dir": os.path.abspath(args.runs_dir)}
     if args.modality == "fundus" and args.rgb:
-        overrides["channels"] = 3
+        stage1["channels"] = 3
+    asr_epochs = DEMO_SETTINGS["asr_epochs"] if args.asr_epochs is None else args.asr_epochs
     start = time.time()
-    run_workflow("training", overrides)
-    run_workflow("evaluating", overrides)
+    run_workflow("training", stage1)
+    if not args.stage1_only:
+        run_workflow("training_asr", dict(stage1, asr_epochs=asr_epochs))
+    run_workflow("evaluating", stage1)
     print(f"demo finished in {time.time() - start:.0f} s")
     return 0
 
@@ -120,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--epochs", type=int, default=None)
     demo_parser.add_argument("--runs_dir", default="runs/demo")
     demo_parser.add_argument("--rgb", action="store_true", help="fundus only: train on RGB images")
+    demo_parser.add_argument("--asr_epochs", type=int, default=None)
+    demo_parser.add_argument("--stage1_only", action="store_true", help="skip the ASR-Net (stage 2)")
     return parser
 
 

@@ -8,14 +8,15 @@ NDM and UDM member on a batch (B, C, H, W), forms the anomaly maps of ``scripts.
      "member_A_rec": (K, B), "filename": [str] * B}
 
 Image-level AUC and AP are MONAI's ``ROCAUC`` and ``AveragePrecision`` handlers attached as
-metrics named ``<score>/auc`` and ``<score>/ap``; pixel-level AUROC (when every test image has a
-mask) is ``ROCAUC`` over the flattened maps, ``<score>/pixel_auroc``.
+metrics named ``<score>/auc`` and ``<score>/ap``. Pixel-level AUROC (when every test image has a
+mask) is computed by ``scripts.reports.ScoreReport`` with scikit-learn: MONAI's ROC metric loops
+in Python and takes minutes on the ~10^6 pixels of a test set.
 
 Example (config)::
 
     "evaluator": {"_target_": "scripts.evaluation.DiscrepancyEvaluator", "device": "@device",
                   "val_data_loader": "@test#loader", "ndm_members": "@ndm#members", ...,
-                  "additional_metrics": "$scripts.evaluation.score_metrics(@score_names, @pixel_metrics)"}
+                  "additional_metrics": "$scripts.evaluation.score_metrics(@score_names)"}
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from monai.handlers import AveragePrecision, ROCAUC
 from torch import nn
 
 from .handlers import final_weights_path
-from .scores import discrepancy_maps, image_scores, member_rec_scores
+from .refinement import REFINER_SCORES, refiner_input
+from .scores import STAGE1_SCORES, discrepancy_maps, image_scores, member_rec_scores
 
 logger = logging.getLogger("ddad")
 
@@ -70,25 +72,13 @@ def _pick_scores(name: str):
     return lambda output: (output["scores"][name], output["label"])
 
 
-def _pick_pixels(name: str):
-    return lambda output: (output["maps"][name].flatten(), output["mask"].flatten().round().long())
-
-
-def score_metrics(score_names: Sequence[str], pixel_level: bool = False) -> dict:
-    """MONAI metric handlers for every score: image AUC and AP, and pixel AUROC with masks."""
+def score_metrics(score_names: Sequence[str]) -> dict:
+    """MONAI metric handlers for every score: image-level AUC and AP."""
     metrics = {}
     for name in score_names:
         metrics[f"{name}/auc"] = ROCAUC(output_transform=_pick_scores(name))
         metrics[f"{name}/ap"] = AveragePrecision(output_transform=_pick_scores(name))
-        if pixel_level:
-            metrics[f"{name}/pixel_auroc"] = ROCAUC(output_transform=_pick_pixels(name))
     return metrics
-
-
-def refined_map(asr_net: nn.Module, maps: Sequence[torch.Tensor]) -> torch.Tensor:
-    """ASR-Net anomaly probability (B, 1, H, W) from stacked input maps."""
-    logits = asr_net(torch.cat(list(maps), dim=1))
-    return torch.softmax(logits, dim=1)[:, 1:2]
 
 
 class DiscrepancyEvaluator(Evaluator):
@@ -99,8 +89,9 @@ class DiscrepancyEvaluator(Evaluator):
         val_data_loader: MONAI DataLoader yielding {"image", "label", optional "mask"}.
         ndm_members, udm_members: trained members (``udm_members`` empty when there is no D_u).
         heteroscedastic: AE-U outputs (mean, log-variance).
-        asr_dual, asr_intra: optional ASR-Nets giving R_dual and R_intra.
-        map_scale: divisor applied to the maps before the ASR-Nets (fixed from training data).
+        refiners: optional selected ASR-Nets {"dual": net, "intra": net} giving R_dual and R_intra.
+        map_scale: divisors of the maps before the ASR-Nets (fixed from training data, see
+            ``scripts.refinement``).
     """
 
     def __init__(
@@ -110,27 +101,30 @@ class DiscrepancyEvaluator(Evaluator):
         ndm_members: Sequence[nn.Module],
         udm_members: Sequence[nn.Module] = (),
         heteroscedastic: bool = False,
-        asr_dual: Optional[nn.Module] = None,
-        asr_intra: Optional[nn.Module] = None,
+        refiners: Optional[dict] = None,
         map_scale: Optional[dict] = None,
         additional_metrics: Optional[dict] = None,
         handlers=None,
         amp: bool = False,
     ):
+        # MONAI attaches metrics only together with a key metric: the first one plays that role.
+        metrics = dict(additional_metrics or {})
+        key_name = next(iter(metrics), None)
+        key_metric = {key_name: metrics.pop(key_name)} if key_name else None
         super().__init__(
-            device=torch.device(device), val_data_loader=val_data_loader, additional_metrics=additional_metrics,
-            val_handlers=handlers, amp=amp, decollate=False,
+            device=torch.device(device), val_data_loader=val_data_loader, key_val_metric=key_metric,
+            additional_metrics=metrics, val_handlers=handlers, amp=amp, decollate=False,
         )
         self.ndm_members = list(ndm_members)
         self.udm_members = list(udm_members)
         self.heteroscedastic = heteroscedastic
-        self.asr_dual = asr_dual
-        self.asr_intra = asr_intra
+        self.refiners = dict(refiners or {})
+        if self.refiners and not map_scale:
+            raise ValueError("refiners need the map_scale they were trained with (saved in asr_<name>.pt)")
         self.map_scale = map_scale or {}
 
     def networks(self) -> list[nn.Module]:
-        asr = [n for n in (self.asr_dual, self.asr_intra) if n is not None]
-        return self.ndm_members + self.udm_members + asr
+        return self.ndm_members + self.udm_members + list(self.refiners.values())
 
     def _stack(self, members: Sequence[nn.Module], x: torch.Tensor) -> Optional[torch.Tensor]:
         return torch.stack([m(x) for m in members]) if members else None
@@ -139,11 +133,10 @@ class DiscrepancyEvaluator(Evaluator):
         """Maps and image scores of a preprocessed batch (B, C, H, W)."""
         ndm = self._stack(self.ndm_members, x)
         maps = discrepancy_maps(x, ndm, self._stack(self.udm_members, x), self.heteroscedastic)
-        scaled = {k: v / float(self.map_scale.get(k, 1.0)) for k, v in maps.items()}
-        if self.asr_intra is not None:
-            maps["R_intra"] = refined_map(self.asr_intra, [scaled["A_intra"]])
-        if self.asr_dual is not None and "A_inter" in maps:
-            maps["R_dual"] = refined_map(self.asr_dual, [scaled["A_inter"], scaled["A_intra"]])
+        for name in ("intra", "dual"):
+            if name in self.refiners:
+                logits = self.refiners[name](refiner_input(maps, name, self.map_scale))
+                maps[REFINER_SCORES[name]] = torch.softmax(logits, dim=1)[:, 1:2]
         return {"maps": maps, "scores": image_scores(maps), "member_A_rec": member_rec_scores(x, ndm, self.heteroscedastic)}
 
     def _iteration(self, engine, batchdata: dict) -> dict:
@@ -155,3 +148,9 @@ class DiscrepancyEvaluator(Evaluator):
         output["filename"] = list(batchdata["image"].meta.get("filename_or_obj", [])) if hasattr(
             batchdata["image"], "meta") else []
         return output
+
+
+def score_names(has_unlabeled: bool, refiners: dict) -> list[str]:
+    """Scores the evaluation can report: A_inter needs a UDM, R_* need the selected refiners."""
+    names = [n for n in STAGE1_SCORES if has_unlabeled or n != "A_inter"]
+    return names + [REFINER_SCORES[r] for r in ("intra", "dual") if r in refiners]

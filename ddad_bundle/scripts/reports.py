@@ -67,6 +67,7 @@ class ScoreReport:
         self.print_table = print_table
         self.rows: list[dict] = []
         self.member_scores: list[np.ndarray] = []
+        self.pixels: dict[str, list[np.ndarray]] = {}
         self.metrics: dict = {}
 
     def attach(self, engine: Engine) -> None:
@@ -75,7 +76,7 @@ class ScoreReport:
         engine.add_event_handler(Events.COMPLETED, self.write)
 
     def reset(self, engine: Engine) -> None:
-        self.rows, self.member_scores = [], []
+        self.rows, self.member_scores, self.pixels = [], [], {}
 
     def collect(self, engine: Engine) -> None:
         output = engine.state.output
@@ -87,6 +88,10 @@ class ScoreReport:
             row.update({k: float(v[i]) for k, v in scores.items()})
             self.rows.append(row)
         self.member_scores.append(output["member_A_rec"].detach().float().cpu().numpy())
+        if output.get("mask") is not None:
+            self.pixels.setdefault("mask", []).append(output["mask"].detach().cpu().numpy().ravel() > 0.5)
+            for name, m in output["maps"].items():
+                self.pixels.setdefault(name, []).append(m.detach().float().cpu().numpy().ravel().astype(np.float32))
 
     def summarize(self, engine: Engine) -> dict:
         labels = np.array([r["label"] for r in self.rows])
@@ -98,12 +103,22 @@ class ScoreReport:
             # The AUC/AP reported are MONAI's handlers' values (they agree with scikit-learn).
             entry["auc"] = float(engine.state.metrics.get(f"{name}/auc", entry["auc"]))
             entry["ap"] = float(engine.state.metrics.get(f"{name}/ap", entry["ap"]))
-            if f"{name}/pixel_auroc" in engine.state.metrics:
-                entry["pixel_auroc"] = float(engine.state.metrics[f"{name}/pixel_auroc"])
+            pixel = self.pixel_auroc(name)
+            if pixel is not None:
+                entry["pixel_auroc"] = pixel
             metrics[name] = entry
         members = np.concatenate(self.member_scores, axis=1)
         metrics["A_rec"]["auc_per_member"] = [float(roc_auc_score(labels, m)) for m in members]
         return metrics
+
+    def pixel_auroc(self, name: str):
+        """Pixel-level AUROC of a map against the lesion masks, or None without masks."""
+        if name not in self.pixels or "mask" not in self.pixels:
+            return None
+        mask = np.concatenate(self.pixels["mask"])
+        if mask.all() or not mask.any():
+            return None
+        return float(roc_auc_score(mask, np.concatenate(self.pixels[name])))
 
     def write(self, engine: Engine) -> None:
         if not self.rows:

@@ -48,7 +48,7 @@ import numpy as np
 
 FORMAT = "ddad-split/1"
 SETS = ("normal", "validation", "unlabeled", "test")
-META_KEYS = ("format", "description", "seed", "anomaly_rate")
+META_KEYS = ("format", "description", "seed", "anomaly_rate", "generator")  # generator: how the data were made
 TOP_LEVEL_KEYS = META_KEYS + SETS
 AR_TOLERANCE = 1e-9
 MAX_LISTED = 5  # how many offending entries an error message quotes before "and N more"

@@ -1,0 +1,278 @@
+"""Stage 2 of DDAD: training the Anomaly Score Refinement Net (ASR-Net) on frozen stage-1 maps.
+
+Following DDAD-ASR (Cai et al., MedIA 2023, Sec. 3.3): known-normal images receive synthetic
+patch anomalies (``scripts.synthesis``) on half of the samples; the frozen NDM and UDM ensembles
+turn each image into discrepancy maps; the ASR-Net learns to segment the synthetic patch from
+them with a focal loss (gamma = 2). Two refiners are trained side by side on the same batches:
+
+- ``dual`` sees [A_inter, A_intra] and gives R_dual (needs a UDM, i.e. unlabeled images);
+- ``intra`` sees [A_intra] and gives R_intra (needs only known normals).
+
+Map scale: the raw maps' magnitudes depend on the data and on training, so each input map is
+divided by a constant fixed before stage 2 starts, the mean of that map over the known-normal
+training images (``map_scales``). The constants are stored with the selected weights and reused
+by evaluation and inference.
+
+Model selection never looks at the test set: after every ``val_every`` epochs each refiner is
+scored on a fixed validation set made from the held-out known normals, half of them carrying a
+synthetic anomaly drawn once from the seed; the epoch with the best image-level AUC (ties: the
+later epoch loses) is kept as ``asr_<name>.pt`` with ``asr_selection.json`` recording why.
+
+Example::
+
+    >>> extractor = MapExtractor(ndm_members, udm_members)
+    >>> trainer = RefinementTrainer("cpu", 100, {"dual": ASRNet(2), "intra": ASRNet(1)}, extractor,
+    ...                             normal_images, seed=0)
+    >>> trainer.run()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import torch
+from ignite.engine import Engine, Events
+from monai.engines import Trainer
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from .ensemble import member_seeds
+from .handlers import atomic_torch_save
+from .losses import asr_focal_loss
+from .networks import ASRNet
+from .scores import discrepancy_maps
+from .synthesis import synthesize_batch
+
+logger = logging.getLogger("ddad")
+
+REFINER_INPUTS = {"dual": ("A_inter", "A_intra"), "intra": ("A_intra",)}
+REFINER_SCORES = {"dual": "R_dual", "intra": "R_intra"}
+
+
+class MapExtractor(nn.Module):
+    """Frozen stage-1 ensembles -> discrepancy maps (B, 1, H, W) of a batch (B, C, H, W)."""
+
+    def __init__(self, ndm_members: Sequence[nn.Module], udm_members: Sequence[nn.Module] = (),
+                 heteroscedastic: bool = False):
+        super().__init__()
+        self.ndm = nn.ModuleList(ndm_members)
+        self.udm = nn.ModuleList(udm_members)
+        self.heteroscedastic = heteroscedastic
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        # Stage-1 networks stay in eval mode (frozen BN statistics) whatever the caller asks.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        ndm = torch.stack([m(x) for m in self.ndm])
+        udm = torch.stack([m(x) for m in self.udm]) if len(self.udm) else None
+        return discrepancy_maps(x, ndm, udm, self.heteroscedastic)
+
+
+def refiner_names(has_unlabeled: bool) -> list[str]:
+    """Refiners that can be trained: R_dual needs the UDM."""
+    return ["dual", "intra"] if has_unlabeled else ["intra"]
+
+
+def build_refiners(names: Sequence[str], seed: int, width: int = 128) -> Dict[str, nn.Module]:
+    """One ASR-Net per refiner, initialized from the ASR seed (seed + 2000 + index)."""
+    seeds = member_seeds(seed, "asr", len(names))
+    refiners = {}
+    for name, s in zip(names, seeds):
+        torch.manual_seed(s)
+        refiners[name] = ASRNet(len(REFINER_INPUTS[name]), width)
+    return refiners
+
+
+@torch.no_grad()
+def map_scales(extractor: MapExtractor, images: torch.Tensor, batch_size: int = 256) -> Dict[str, float]:
+    """Mean of every map over known-normal images: the constant each ASR input is divided by."""
+    sums: Dict[str, float] = {}
+    for start in range(0, len(images), batch_size):
+        for name, m in extractor(images[start : start + batch_size]).items():
+            sums[name] = sums.get(name, 0.0) + float(m.double().sum())
+    pixels = images.shape[0] * images.shape[2] * images.shape[3]
+    return {name: max(total / pixels, 1e-12) for name, total in sums.items()}
+
+
+def refiner_input(maps: Dict[str, torch.Tensor], name: str, scales: Dict[str, float]) -> torch.Tensor:
+    return torch.cat([maps[k] / scales[k] for k in REFINER_INPUTS[name]], dim=1)
+
+
+def make_validation_set(images: torch.Tensor, seed: int, prob: float = 0.5):
+    """Held-out normals with synthetic anomalies on about half of them, fixed by the seed."""
+    if images.shape[0] < 2:
+        raise ValueError(f"the validation set holds {images.shape[0]} image(s); ASR-Net selection needs at least 2")
+    generator = torch.Generator().manual_seed(int(seed) + 2999)
+    synthesized, labels, _ = synthesize_batch(images, generator, prob=prob)
+    return synthesized, labels
+
+
+class RefinementTrainer(Trainer):
+    """Ignite trainer of the ASR-Nets on synthetic anomalies over cached known normals.
+
+    Args:
+        device: where training runs.
+        max_epochs: epochs (100 in the paper).
+        refiners: {"dual": ASRNet(2), "intra": ASRNet(1)} (or only "intra").
+        extractor: the frozen ``MapExtractor``.
+        images: cached known-normal training images (N, C, H, W).
+        seed: the run's seed; the shuffle and the synthesis generators derive from it.
+        batch_size, learning_rate, weight_decay: the paper's 8, 1e-4, 1e-4.
+        scales: map scales (computed from ``images`` when None).
+        handlers: MONAI/Ignite handlers to attach.
+        amp: bf16 autocast for the ASR-Net forward pass.
+    """
+
+    def __init__(self, device, max_epochs: int, refiners: Dict[str, nn.Module], extractor: MapExtractor,
+                 images: torch.Tensor, seed: int = 0, batch_size: int = 8, learning_rate: float = 1e-4,
+                 weight_decay: float = 1e-4, scales: Optional[Dict[str, float]] = None, handlers=None,
+                 amp: bool = False):
+        if images.shape[0] < 2:
+            raise ValueError(f"stage 2 needs at least 2 known-normal images, got {images.shape[0]}")
+        if batch_size < 2:
+            raise ValueError(f"asr_batch_size must be >= 2 (synthesis takes donors from the batch), got {batch_size}")
+        self.batch_size = min(batch_size, images.shape[0])
+        device = torch.device(device)
+        super().__init__(device=device, max_epochs=max_epochs, data_loader=range(self._batches(images)),
+                         epoch_length=self._batches(images), handlers=None, amp=amp, decollate=False)
+        self.images = images
+        self.refiners = nn.ModuleDict(refiners).to(device)
+        self.members = list(self.refiners.values())
+        self.optimizers = [torch.optim.Adam(r.parameters(), lr=learning_rate, weight_decay=weight_decay)
+                           for r in self.members]
+        self.extractor = extractor.to(device)
+        self.loss = asr_focal_loss()
+        self.seed = int(seed) + 2000
+        self.scales = scales if scales is not None else map_scales(self.extractor, images.to(device))
+        self.module = "asr"
+        self.add_event_handler(Events.EPOCH_STARTED, self._shuffle)
+        for handler in handlers or []:
+            handler.attach(self)
+
+    def _batches(self, images: torch.Tensor) -> int:
+        full, rest = divmod(images.shape[0], min(self.batch_size, images.shape[0]))
+        return full + (1 if rest >= 2 else 0)
+
+    def _shuffle(self, engine: Engine) -> None:
+        epoch = engine.state.epoch
+        self._order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        self._synthesis = torch.Generator().manual_seed(self.seed * 100_003 + 50_000 + epoch)
+
+    def _autocast(self):
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.state.device.type, dtype=torch.bfloat16)
+
+    def _iteration(self, engine: Engine, batchdata) -> dict:
+        i = (engine.state.iteration - 1) % engine.state.epoch_length
+        index = self._order[i * self.batch_size : (i + 1) * self.batch_size]
+        images, labels, _ = synthesize_batch(self.images[index], self._synthesis)
+        images, labels = images.to(engine.state.device), labels.to(engine.state.device)
+        maps = self.extractor(images)
+        losses = {}
+        for (name, refiner), optimizer in zip(self.refiners.items(), self.optimizers):
+            refiner.train()
+            optimizer.zero_grad(set_to_none=True)
+            with self._autocast():
+                logits = refiner(refiner_input(maps, name, self.scales))
+            loss = self.loss(logits.float(), labels)
+            loss.backward()
+            optimizer.step()
+            losses[name] = loss.detach().item()
+        return {"loss": sum(losses.values()) / len(losses), **{f"loss_{k}": v for k, v in losses.items()}}
+
+
+@torch.no_grad()
+def refined_scores(refiner: nn.Module, maps: Dict[str, torch.Tensor], name: str, scales: Dict[str, float],
+                   batch_size: int = 64) -> torch.Tensor:
+    """Image scores (N,): mean anomaly probability of the refiner over each image."""
+    refiner.eval()
+    x = refiner_input(maps, name, scales)
+    scores = [torch.softmax(refiner(x[s : s + batch_size]), 1)[:, 1].flatten(1).mean(1) for s in range(0, len(x), batch_size)]
+    return torch.cat(scores)
+
+
+class RefinerSelection:
+    """Keeps each refiner's best epoch by validation AUC; writes asr_<name>.pt and asr_selection.json.
+
+    Args:
+        ckpt_dir: the run's checkpoint folder.
+        validation_images: held-out known normals (N, C, H, W), never test images.
+        seed: fixes which validation images receive a synthetic anomaly.
+        val_every: epochs between validations.
+    """
+
+    def __init__(self, ckpt_dir, validation_images: torch.Tensor, seed: int = 0, val_every: int = 1):
+        self.ckpt_dir = Path(ckpt_dir)
+        self.images, self.labels = make_validation_set(validation_images, seed)
+        self.image_labels = (self.labels.flatten(1).amax(1) > 0).long()
+        if self.image_labels.min() == self.image_labels.max():
+            raise ValueError("the synthetic validation set holds a single class; use more validation images")
+        self.val_every = val_every
+        self.best: Dict[str, dict] = {}
+
+    def attach(self, engine: Engine) -> None:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.val_every), self.validate)
+        engine.add_event_handler(Events.STARTED, self.load_previous)
+
+    def load_previous(self, engine: Engine) -> None:
+        path = self.ckpt_dir / "asr_selection.json"
+        if path.is_file():
+            self.best = json.loads(path.read_text()).get("refiners", {})
+
+    def validate(self, engine: Engine) -> None:
+        maps = engine.extractor(self.images.to(engine.state.device))
+        improved = False
+        for name, refiner in engine.refiners.items():
+            scores = refined_scores(refiner, maps, name, engine.scales).cpu().numpy()
+            auc = float(roc_auc_score(self.image_labels.numpy(), scores))
+            engine.state.metrics[f"val_{REFINER_SCORES[name]}_auc"] = auc
+            if name not in self.best or auc > self.best[name]["val_auc"]:
+                self.best[name] = {"val_auc": auc, "epoch": engine.state.epoch}
+                atomic_torch_save({"state_dict": refiner.state_dict(), "scales": engine.scales,
+                                   "inputs": list(REFINER_INPUTS[name])}, self.ckpt_dir / f"asr_{name}.pt")
+                improved = True
+            logger.info("asr %s: epoch %d validation AUC %.4f (best %.4f at epoch %d)", name, engine.state.epoch,
+                        auc, self.best[name]["val_auc"], self.best[name]["epoch"])
+        if improved or not (self.ckpt_dir / "asr_selection.json").exists():
+            self._write_record()
+
+    def _write_record(self) -> None:
+        record = {"selection": "image-level AUC on held-out known normals with seeded synthetic anomalies",
+                  "validation_images": int(len(self.images)), "validation_with_anomaly": int(self.image_labels.sum()),
+                  "refiners": self.best}
+        path = self.ckpt_dir / "asr_selection.json"
+        tmp = path.with_name(".asr_selection.json.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def load_refiner(ckpt_dir, name: str, device="cpu", width: int = 128):
+    """(ASR-Net in eval mode, map scales) of a selected refiner; a missing file names the fix."""
+    path = Path(ckpt_dir) / f"asr_{name}.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the 'training_asr' workflow with the same output_dir first")
+    saved = torch.load(path, map_location="cpu", weights_only=False)
+    net = ASRNet(len(saved["inputs"]), width)
+    net.load_state_dict(saved["state_dict"])
+    return net.to(device).eval(), saved["scales"]
+
+
+def selected_refiners(ckpt_dir, device="cpu", width: int = 128) -> tuple[dict, dict]:
+    """({name: ASR-Net}, map scales) of every refiner that stage 2 selected; empty before stage 2."""
+    refiners, scales = {}, {}
+    for name in ("dual", "intra"):
+        if (Path(ckpt_dir) / f"asr_{name}.pt").is_file():
+            refiners[name], scales = load_refiner(ckpt_dir, name, device, width)
+    return refiners, scales
