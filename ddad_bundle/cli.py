@@ -5,6 +5,7 @@ Commands::
     python -m ddad_bundle run training   [--config_file a.json,b.json] [--key value ...]
     python -m ddad_bundle run evaluating [--key value ...]
     python -m ddad_bundle demo [--modality cxr|brain|fundus] [--epochs N] [--runs_dir runs/demo]
+    python -m ddad_bundle score <folder or files> --out <folder> [--runs_dir runs/demo] [--key value ...]
 
 ``run`` is ``python -m monai.bundle run`` with the bundle's config files filled in per workflow,
 the bundle root put on the import path (configs say ``$import scripts``) and every override key
@@ -28,6 +29,7 @@ WORKFLOW_CONFIGS = {
     "training": ["common.json", "train.json"],
     "training_asr": ["common.json", "train.json", "train_asr.json"],
     "evaluating": ["common.json", "train.json", "evaluate.json"],
+    "inferring": ["common.json", "inference.json"],
 }
 
 # The demo's shortened schedule (the paper trains 250 epochs); see docs/README.md for its results.
@@ -120,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("workflow", choices=sorted(WORKFLOW_CONFIGS))
     run_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s) merged after the workflow's own (dataset configs...)")
+    score_parser = commands.add_parser("score", help="score new images with a trained bundle")
+    score_parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    score_parser.add_argument("--out", required=True, help="folder for maps, overlays, scores.csv, summary.json")
     demo_parser = commands.add_parser("demo", help="train and evaluate on generated phantoms")
     demo_parser.add_argument("--modality", default="cxr", choices=["cxr", "brain", "fundus"])
     demo_parser.add_argument("--epochs", type=int, default=None)
@@ -138,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return demo(args)
+    if args.command == "score":
+        overrides = parse_overrides(rest)
+        overrides.update(input_paths=[os.path.abspath(p) for p in args.inputs], inference_dir=os.path.abspath(args.out))
+        run_workflow("inferring", overrides)
+        return 0
     extra = [f for item in args.config_file for f in item.split(",")]
     run_workflow(args.workflow, parse_overrides(rest), extra)
     return 0

@@ -1,8 +1,8 @@
 """Scoring the labeled test set with the trained modules: the DDAD evaluator.
 
-``DiscrepancyEvaluator`` is a MONAI ``Evaluator`` (an Ignite engine) whose iteration runs every
-NDM and UDM member on a batch (B, C, H, W), forms the anomaly maps of ``scripts.scores``
-(and, when ASR-Nets are given, R_intra and R_dual), and outputs, per batch::
+``DiscrepancyEvaluator`` is a MONAI ``Evaluator`` (an Ignite engine) whose iteration runs the
+trained model (``scripts.pipeline.DDADPipeline``: NDM and UDM members, and the ASR-Nets after
+stage 2) on a batch (B, C, H, W) and outputs, per batch::
 
     {"scores": {name: (B,)}, "maps": {name: (B, 1, H, W)}, "label": (B,), "mask": (B, 1, H, W) | None,
      "member_A_rec": (K, B), "filename": [str] * B}
@@ -30,8 +30,9 @@ from monai.handlers import AveragePrecision, ROCAUC
 from torch import nn
 
 from .handlers import final_weights_path
-from .refinement import REFINER_SCORES, refiner_input
-from .scores import STAGE1_SCORES, discrepancy_maps, image_scores, member_rec_scores
+from .pipeline import DDADPipeline
+from .refinement import selected_refiners
+from .scores import image_scores
 
 logger = logging.getLogger("ddad")
 
@@ -82,31 +83,18 @@ def score_metrics(score_names: Sequence[str]) -> dict:
 
 
 class DiscrepancyEvaluator(Evaluator):
-    """Runs the frozen NDM/UDM members (and ASR-Nets) over a test loader; see the module docstring.
+    """Runs the frozen trained model (``scripts.pipeline.DDADPipeline``) over a test loader.
 
     Args:
         device: where the networks run.
         val_data_loader: MONAI DataLoader yielding {"image", "label", optional "mask"}.
-        ndm_members, udm_members: trained members (``udm_members`` empty when there is no D_u).
-        heteroscedastic: AE-U outputs (mean, log-variance).
-        refiners: optional selected ASR-Nets {"dual": net, "intra": net} giving R_dual and R_intra.
-        map_scale: divisors of the maps before the ASR-Nets (fixed from training data, see
-            ``scripts.refinement``).
+        pipeline: the trained ``DDADPipeline`` (NDM, UDM, selected ASR-Nets).
+        additional_metrics: MONAI metric handlers (``score_metrics``).
+        handlers: evaluation handlers (``scripts.reports.ScoreReport``).
     """
 
-    def __init__(
-        self,
-        device,
-        val_data_loader,
-        ndm_members: Sequence[nn.Module],
-        udm_members: Sequence[nn.Module] = (),
-        heteroscedastic: bool = False,
-        refiners: Optional[dict] = None,
-        map_scale: Optional[dict] = None,
-        additional_metrics: Optional[dict] = None,
-        handlers=None,
-        amp: bool = False,
-    ):
+    def __init__(self, device, val_data_loader, pipeline: nn.Module, additional_metrics: Optional[dict] = None,
+                 handlers=None, amp: bool = False):
         # MONAI attaches metrics only together with a key metric: the first one plays that role.
         metrics = dict(additional_metrics or {})
         key_name = next(iter(metrics), None)
@@ -115,42 +103,34 @@ class DiscrepancyEvaluator(Evaluator):
             device=torch.device(device), val_data_loader=val_data_loader, key_val_metric=key_metric,
             additional_metrics=metrics, val_handlers=handlers, amp=amp, decollate=False,
         )
-        self.ndm_members = list(ndm_members)
-        self.udm_members = list(udm_members)
-        self.heteroscedastic = heteroscedastic
-        self.refiners = dict(refiners or {})
-        if self.refiners and not map_scale:
-            raise ValueError("refiners need the map_scale they were trained with (saved in asr_<name>.pt)")
-        self.map_scale = map_scale or {}
-
-    def networks(self) -> list[nn.Module]:
-        return self.ndm_members + self.udm_members + list(self.refiners.values())
-
-    def _stack(self, members: Sequence[nn.Module], x: torch.Tensor) -> Optional[torch.Tensor]:
-        return torch.stack([m(x) for m in members]) if members else None
-
-    def score_batch(self, x: torch.Tensor) -> dict:
-        """Maps and image scores of a preprocessed batch (B, C, H, W)."""
-        ndm = self._stack(self.ndm_members, x)
-        maps = discrepancy_maps(x, ndm, self._stack(self.udm_members, x), self.heteroscedastic)
-        for name in ("intra", "dual"):
-            if name in self.refiners:
-                logits = self.refiners[name](refiner_input(maps, name, self.map_scale))
-                maps[REFINER_SCORES[name]] = torch.softmax(logits, dim=1)[:, 1:2]
-        return {"maps": maps, "scores": image_scores(maps), "member_A_rec": member_rec_scores(x, ndm, self.heteroscedastic)}
+        self.pipeline = pipeline.to(self.state.device).eval()
 
     def _iteration(self, engine, batchdata: dict) -> dict:
-        x = batchdata["image"].to(engine.state.device)
-        with torch.no_grad(), engine.mode(*self.networks()):
-            output = self.score_batch(torch.as_tensor(x))
-        output["label"] = torch.as_tensor(batchdata["label"]).to(x.device)
-        output["mask"] = batchdata["mask"].to(x.device) if "mask" in batchdata else None
-        output["filename"] = list(batchdata["image"].meta.get("filename_or_obj", [])) if hasattr(
-            batchdata["image"], "meta") else []
-        return output
+        image = batchdata["image"]
+        x = torch.as_tensor(image).to(engine.state.device)
+        with torch.no_grad(), engine.mode(self.pipeline):
+            maps = self.pipeline(x)
+            member_scores = self.pipeline.member_scores(x)
+        meta = getattr(image, "meta", {})
+        return {
+            "maps": maps,
+            "scores": image_scores(maps),
+            "member_A_rec": member_scores,
+            "label": torch.as_tensor(batchdata["label"]).to(x.device),
+            "mask": batchdata["mask"].to(x.device) if "mask" in batchdata else None,
+            "filename": list(meta.get("filename_or_obj", [])),
+        }
 
 
-def score_names(has_unlabeled: bool, refiners: dict) -> list[str]:
-    """Scores the evaluation can report: A_inter needs a UDM, R_* need the selected refiners."""
-    names = [n for n in STAGE1_SCORES if has_unlabeled or n != "A_inter"]
-    return names + [REFINER_SCORES[r] for r in ("intra", "dual") if r in refiners]
+def load_pipeline(network_def, ckpt_dir, num_members: int, has_unlabeled: bool, heteroscedastic: bool,
+                  device="cpu", asr_width: int = 128) -> DDADPipeline:
+    """The trained model of a run folder: NDM and UDM members and, after stage 2, the selected ASR-Nets."""
+    ndm = load_members(network_def, ckpt_dir, "ndm", num_members, device)
+    udm = load_members(network_def, ckpt_dir, "udm", num_members, device) if has_unlabeled else []
+    refiners, scales = selected_refiners(ckpt_dir, device, asr_width)
+    return DDADPipeline(ndm, udm, refiners, scales, heteroscedastic).to(device)
+
+
+def has_trained_udm(ckpt_dir) -> bool:
+    """Whether a run trained a UDM (it had unlabeled images), read from its checkpoint folder."""
+    return final_weights_path(ckpt_dir, "udm", 0).is_file()

@@ -53,7 +53,7 @@ MODALITIES = ("cxr", "brain", "fundus")
 ROLES = ("normal", "validation", "unlabeled", "test")
 ROLE_CODES = {"normal": 1, "validation": 2, "unlabeled": 3, "test": 4}
 GENERATOR = "ddad-phantoms"
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _LABEL_STREAM = 100  # labels of a role are drawn from default_rng([seed, 100 + role code])
 _ORDER_STREAM = 200  # listing order of a role from default_rng([seed, 200 + role code])
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -182,11 +182,11 @@ def _sample_cxr(rng):
     return dict(
         angle=math.radians(u(-4, 4)), dx=u(-0.05, 0.05), dy=u(-0.04, 0.06),
         body_rx=u(0.9, 1.02),
-        lung_cx=u(0.36, 0.43), lung_cy=u(-0.12, -0.02), lung_rx=u(0.25, 0.3), lung_ry=u(0.55, 0.64),
-        left_narrow=u(0.88, 0.98), dome_depth=u(0.1, 0.17), dome_drop=u(0.02, 0.07),
-        heart_cx=u(0.07, 0.14), heart_cy=u(0.24, 0.32), heart_rx=u(0.25, 0.3), heart_ry=u(0.18, 0.23),
-        heart_tilt=math.radians(u(-25, -10)),
-        rib_spacing=u(0.15, 0.19), rib_phase=u(0, 1), rib_weight=u(0.1, 0.16),
+        lung_cx=u(0.4, 0.46), lung_cy=u(-0.12, -0.05), lung_rx=u(0.3, 0.35), lung_ry=u(0.6, 0.68),
+        left_narrow=u(0.86, 0.96), dome_depth=u(0.1, 0.17), dome_drop=u(0.02, 0.07),
+        heart_cx=u(0.1, 0.16), heart_cy=u(0.3, 0.38), heart_rx=u(0.3, 0.36), heart_ry=u(0.22, 0.27),
+        heart_tilt=math.radians(u(-30, -15)),
+        rib_spacing=u(0.15, 0.19), rib_phase=u(0, 1), rib_weight=u(0.06, 0.11),
         contrast=u(0.85, 1.15), brightness=u(-0.06, 0.06), gamma=u(0.85, 1.2),
         blur=u(0.5, 1.0), noise=u(0.008, 0.025), seed=int(rng.integers(2**63)),
     )
@@ -203,7 +203,7 @@ def _lung_field(c, p, side):
     """One lung: an ellipse widening towards the base, cut by a diaphragm dome (sharp costophrenic angle)."""
     cx, cy, rx, ry, base = _cxr_lung(p, side)
     x, y, soft = c.x, c.y, 2 * c.px
-    w = _F32(rx) * np.clip(0.72 + 0.32 * (y - cy) / ry, 0.35, 1.1)
+    w = _F32(rx) * np.clip(0.82 + 0.25 * (y - cy) / ry, 0.5, 1.05)
     r = np.sqrt(((x - cx) / w) ** 2 + ((y - cy) / ry) ** 2)
     dome = base - p["dome_depth"] * np.clip(1 - ((x - cx + side * 0.15 * rx) / (1.1 * rx)) ** 2, 0, 1)
     return _step((r - 1) * rx, soft) * _step(y - dome, soft)
@@ -218,11 +218,11 @@ def _heart(c, p, scale=1.0):
 def _ribs(c, p):
     """Posterior ribs (bright arcs, one periodic pattern in a warped coordinate) plus faint anterior ribs."""
     ax = np.abs(c.x)
-    u = c.y - (0.55 * ax * ax - 0.2 * ax)
+    u = c.y - (0.8 * ax * ax - 0.3 * ax)
     post = (0.5 + 0.5 * np.cos(2 * np.pi * (u / p["rib_spacing"] - p["rib_phase"]))) ** 6
     ant = (0.5 + 0.5 * np.cos(2 * np.pi * ((c.y + 0.45 * ax) / (1.2 * p["rib_spacing"]) - p["rib_phase"]))) ** 4
     cage = _ellipse(c.x, c.y, 0, -0.12, 0.86, 0.8, 0.1) * _step(0.07 - ax, 0.05)
-    return (post + 0.35 * ant) * cage
+    return (post + 0.35 * ant) * cage * (0.35 + 0.65 * c.air_mask)
 
 
 def _clavicles(c):
@@ -241,13 +241,14 @@ def _render_cxr(p, lesions, size, rgb):
     c.lungs = {s: _lung_field(c, p, s) for s in (-1, 1)}
     lungs = np.maximum(c.lungs[-1], c.lungs[1])
     scale = next((a["scale"] for a in lesions if a["kind"] == "cardiomegaly"), 1.0)
-    heart = _heart(c, p, scale)
+    heart = c.heart = _heart(c, p, scale)
     body = _ellipse(c.x, c.y, 0, 0.28, p["body_rx"], 1.3, 0.1)
     hila = sum(_gauss(c.x, c.y, s * 0.2, -0.05, 0.12, 0.2) for s in (-1, 1))
-    air = lungs * (1 - 0.85 * heart) * (0.44 - 0.035 * marks - 0.1 * hila)
-    medi = _ellipse(c.x, c.y, 0, -0.35, 0.12, 0.7, 0.08)
+    c.air_mask = lungs * (1 - 0.9 * heart)
+    air = c.air = c.air_mask * (0.42 - 0.035 * marks - 0.1 * hila)
+    medi = _ellipse(c.x, c.y, 0, -0.35, 0.13, 0.7, 0.08)
     spine = _step(np.abs(c.x) - 0.065, 0.03) * (1 + 0.25 * np.cos(2 * np.pi * c.y / 0.11))
-    c.d = 0.62 * body - air + 0.14 * medi + 0.1 * spine + 0.12 * heart
+    c.d = 0.56 * body - air + 0.12 * medi + 0.1 * spine + 0.05 * heart
     c.d += p["rib_weight"] * _ribs(c, p) + 0.15 * _clavicles(c)
     c.marks = marks
     for a in lesions:
@@ -269,20 +270,20 @@ def _sample_cxr_lesion(rng, p, kind):
     a = dict(kind=kind, side=side)
     if kind == "opacity":
         a["cx"], a["cy"] = _point_in_lung(rng, p, side)
-        a.update(r=rng.uniform(0.09, 0.17), aspect=rng.uniform(0.7, 1.4), angle=rng.uniform(0, math.pi),
-                 amp=rng.uniform(0.2, 0.34))
+        a.update(r=rng.uniform(0.12, 0.22), aspect=rng.uniform(0.7, 1.4), angle=rng.uniform(0, math.pi),
+                 amp=rng.uniform(0.3, 0.45))
     elif kind == "nodules":
         a["spots"] = [(*_point_in_lung(rng, p, side if rng.uniform() < 0.7 else -side, 0.7),
-                       rng.uniform(0.04, 0.07), rng.uniform(0.28, 0.45)) for _ in range(rng.integers(1, 4))]
+                       rng.uniform(0.05, 0.09), rng.uniform(0.35, 0.55)) for _ in range(rng.integers(1, 4))]
     elif kind == "effusion":
-        a.update(height=rng.uniform(0.16, 0.32), amp=rng.uniform(0.8, 1.0))
+        a.update(height=rng.uniform(0.25, 0.45), amp=rng.uniform(0.85, 1.0))
     elif kind == "cardiomegaly":
-        a.update(scale=rng.uniform(1.28, 1.45))
+        a.update(scale=rng.uniform(1.3, 1.5))
     elif kind == "pneumothorax":
-        a.update(collapse=rng.uniform(0.6, 0.76), dark=rng.uniform(0.09, 0.15))
+        a.update(collapse=rng.uniform(0.5, 0.7), dark=rng.uniform(0.2, 0.28))
     elif kind == "consolidation":
         a.update(upper=bool(rng.uniform() < 0.4), level=rng.uniform(-0.15, 0.2), tilt=rng.uniform(-0.5, 0.5),
-                 amp=rng.uniform(0.22, 0.34), seed=int(rng.integers(2**63)))
+                 amp=rng.uniform(0.3, 0.45), seed=int(rng.integers(2**63)))
     return a
 
 
@@ -295,16 +296,15 @@ def _sample_cxr_lesions(rng, p):
 def _paint_opacity(c, p, a):
     """Soft-edged brightening inside a lung (pneumonia-like)."""
     blob = _ellipse(c.x, c.y, a["cx"], a["cy"], a["r"], a["r"] * a["aspect"], 0.6 * a["r"], a["angle"])
-    blob = blob * c.lungs[a["side"]]
+    blob = blob * c.lungs[a["side"]] * (1 - 0.9 * c.heart)
     c.d += a["amp"] * blob
     c.mask |= blob > 0.5
 
 
 def _paint_nodules(c, p, a):
     """One to three small bright round spots in the lungs."""
-    lungs = np.maximum(c.lungs[-1], c.lungs[1])
     for cx, cy, r, amp in a["spots"]:
-        spot = _ellipse(c.x, c.y, cx, cy, r, r, 0.35 * r + c.px) * lungs
+        spot = _ellipse(c.x, c.y, cx, cy, r, r, 0.35 * r + c.px) * c.air_mask
         c.d += amp * spot
         c.mask |= spot > 0.5
 
@@ -314,15 +314,16 @@ def _paint_effusion(c, p, a):
     side = a["side"]
     cx, cy, rx, ry, base = _cxr_lung(p, side)
     lateral = np.clip(side * (c.x - cx) / rx * 0.5 + 0.5, 0, 1)
-    level = base - p["dome_depth"] - a["height"] * (0.45 + 0.55 * lateral**2)
+    level = base - p["dome_depth"] - a["height"] * (0.3 + 0.7 * lateral**2)
     fluid = c.lungs[side] * _step(level - c.y, 2 * c.px)
-    c.d += a["amp"] * 0.44 * fluid
-    c.mask |= fluid > 0.5
+    c.d += a["amp"] * fluid * (c.air + 0.04)  # fluid replaces the air: as dense as soft tissue
+    c.mask |= (fluid > 0.5) & (c.air_mask > 0.3)  # behind the heart there is no air to replace
 
 
 def _paint_cardiomegaly(c, p, a):
     """The heart itself is drawn enlarged by the renderer; here only the extra area goes into the mask."""
-    c.mask |= (_heart(c, p, a["scale"]) > 0.5) & (_heart(c, p) <= 0.5)
+    lungs = np.maximum(c.lungs[-1], c.lungs[1])
+    c.mask |= (_heart(c, p, a["scale"]) > 0.5) & (_heart(c, p) <= 0.5) & (lungs > 0.5)
 
 
 def _paint_pneumothorax(c, p, a):
@@ -335,7 +336,7 @@ def _paint_pneumothorax(c, p, a):
     rr = np.sqrt(dx * dx + dy * dy)
     space = c.lungs[side] * _step(1 - rr, 0.02)
     line = np.exp(-((((rr - 1) * k * rx) / (0.8 * c.px)) ** 2)) * c.lungs[side]
-    c.d += space * (0.035 * c.marks - a["dark"]) + 0.12 * line
+    c.d += space * (0.035 * c.marks - a["dark"]) + 0.15 * line
     c.mask |= space > 0.5
 
 
@@ -365,8 +366,8 @@ def _sample_brain(rng):
     return dict(
         angle=math.radians(u(-8, 8)), dx=u(-0.04, 0.04), dy=u(-0.04, 0.04),
         head_rx=u(0.68, 0.78), head_ry=u(0.84, 0.93), scalp=u(0.045, 0.065), bone=u(0.03, 0.045),
-        wm_level=u(0.68, 0.78), gm=u(0.36, 0.44), wm=u(0.6, 0.7), csf=u(0.06, 0.12), scalp_level=u(0.75, 0.92),
-        vent_scale=u(0.75, 1.3), vent_spread=u(0.1, 0.14), vent_angle=math.radians(u(15, 30)),
+        wm_level=u(0.78, 0.86), gm=u(0.36, 0.44), wm=u(0.6, 0.7), csf=u(0.06, 0.12), scalp_level=u(0.7, 0.88),
+        vent_scale=u(0.75, 1.3), vent_spread=u(0.06, 0.09), vent_angle=math.radians(u(20, 35)),
         contrast=u(0.9, 1.1), brightness=u(-0.04, 0.04), blur=u(0.4, 0.8), noise=u(0.01, 0.03),
         seed=int(rng.integers(2**63)),
     )
@@ -383,11 +384,11 @@ def _ventricles(c, p, ox=0.0, oy=0.0):
     s, sp, ang = p["vent_scale"], p["vent_spread"], p["vent_angle"]
     bx, by = _brain_radii(p)
     soft = 2 * c.px
-    parts = [_ellipse(c.x, c.y, ox, oy + 0.04 * by, 0.015 * s, 0.07 * s, soft)]
+    parts = [_ellipse(c.x, c.y, ox, oy + 0.06 * by, 0.014 * s, 0.06 * s, soft)]
     for side in (-1, 1):
-        parts.append(_ellipse(c.x, c.y, ox + side * sp * bx, oy - 0.13 * by, 0.055 * s, 0.2 * s, soft, side * ang))
-        parts.append(_ellipse(c.x, c.y, ox + side * (sp + 0.1) * bx, oy + 0.2 * by, 0.045 * s, 0.15 * s, soft,
-                              -side * 1.4 * ang))
+        parts.append(_ellipse(c.x, c.y, ox + side * sp * bx, oy - 0.2 * by, 0.06 * s, 0.16 * s, soft, side * ang))
+        parts.append(_ellipse(c.x, c.y, ox + side * (sp + 0.16) * bx, oy + 0.3 * by, 0.05 * s, 0.13 * s, soft,
+                              -side * 1.2 * ang))
     return functools.reduce(np.maximum, parts)
 
 
@@ -395,21 +396,21 @@ def _render_brain(p, lesions, size, rgb):
     """Axial slice: bright scalp, dark bone, grey/white matter with sulci and ventricles, smooth texture."""
     c = _Canvas(*_frame(size, p["angle"], p["dx"], p["dy"]), size)
     tex = np.random.default_rng(p["seed"])
-    n_sulci, n_wm, n_tex = _noise(tex, size, 9), _noise(tex, size, 7), _noise(tex, size, 5)
+    n_sulci, n_wm, n_tex = _noise(tex, size, 12), _noise(tex, size, 11), _noise(tex, size, 5)
     bx, by = _brain_radii(p)
     soft = 1.5 * c.px
     head = _ellipse(c.x, c.y, 0, 0, p["head_rx"], p["head_ry"], soft)
     inner = _ellipse(c.x, c.y, 0, 0, p["head_rx"] - p["scalp"], p["head_ry"] - p["scalp"], soft)
     c.brain = _ellipse(c.x, c.y, 0, 0, bx, by, soft)
     rb = np.sqrt((c.x / bx) ** 2 + (c.y / by) ** 2)
-    wm = _step(rb - (p["wm_level"] + 0.05 * n_wm), 0.06)
-    nuclei = sum(_ellipse(c.x, c.y, s * 0.22 * bx, 0.03 * by, 0.07, 0.11, 0.05) for s in (-1, 1))
+    wm = _step(rb - (p["wm_level"] + 0.07 * n_wm), 0.05)
+    nuclei = sum(_ellipse(c.x, c.y, s * 0.2 * bx, 0.08 * by, 0.08, 0.12, 0.05) for s in (-1, 1))
     tissue = (p["gm"] + (p["wm"] - p["gm"]) * wm * (1 - 0.7 * nuclei)) * (1 + 0.04 * n_tex)
     shift = next(((a["push_x"], a["push_y"]) for a in lesions if a.get("push_x") is not None), (0.0, 0.0))
     vent = _ventricles(c, p, *shift)
     if shift != (0.0, 0.0):
         c.mask |= (vent > 0.5) != (_ventricles(c, p) > 0.5)
-    sulci = _step(np.abs(n_sulci) - 0.1, 0.07) * _step(0.8 - rb, 0.08)
+    sulci = _step(np.abs(n_sulci) - 0.12, 0.08) * _step(0.8 - rb, 0.1)
     fissure = _step(np.abs(c.x) - 0.012, 1.5 * c.px) * _step(0.5 - np.abs(c.y) / by, 0.1)
     rim = _step(0.965 - rb, 0.04)
     c.csf = np.maximum(np.maximum(sulci, fissure), np.maximum(rim, vent))
@@ -580,9 +581,11 @@ def _render_fundus(p, lesions, size, rgb):
     disc = _ellipse(c.x, c.y, p["disc_x"], p["disc_y"], p["disc_r"], p["disc_r"] * p["disc_aspect"], 0.15 * p["disc_r"])
     _blend(img, 0.9 * disc, _colour(rgb, _RETINA_DISC))
     cup = next((a for a in lesions if a["kind"] == "cup"), None)
-    _blend(img, 0.95 * _cup(c, p, cup["ratio"] if cup else p["cup"], cup["vert"] if cup else 1.0), _colour(rgb, _CUP))
+    pale = _cup(c, p, cup["ratio"] if cup else p["cup"], cup["vert"] if cup else 1.0)
+    _blend(img, 0.95 * pale, _colour(rgb, _CUP))
     thick, thin = _vessel_tree(tex, p, 1.0 / size)
     vessels = np.maximum(_splat(thick, c, p["dx"], p["dy"], 1.0, 2.2), _splat(thin, c, p["dx"], p["dy"], 0.6, 1.4))
+    vessels *= 1 - 0.75 * pale  # vessels dive into the cup: its floor stays pale
     _blend(img, p["vessel"] * vessels, c.illum * _colour(rgb, _VESSEL))
     c.img, c.fov = img, fov
     for a in lesions:
@@ -815,7 +818,8 @@ def generate_phantom_dataset(out_dir, modality="cxr", n_normal=400, n_validation
                    f"{GENERATOR_VERSION}), seed {seed}, {size}x{size}{' RGB' if rgb else ' grayscale'}; every image is "
                    f"a distinct synthetic subject. Unlabeled: {n_abnormal} of {counts['n_unlabeled']} abnormal; "
                    f"test: {counts['n_test_normal']} normal + {counts['n_test_abnormal']} abnormal with lesion masks.")
-    split = {"format": "ddad-split/1", "description": description, "seed": seed, "anomaly_rate": float(anomaly_rate),
+    realised = n_abnormal / counts["n_unlabeled"] if counts["n_unlabeled"] else 0.0  # equals the request when any
+    split = {"format": "ddad-split/1", "description": description, "seed": seed, "anomaly_rate": realised,
              "generator": generator, "normal": entries["normal"]}
     if counts["n_validation"]:  # absent (not empty) lets the loader hold out its own share of `normal`
         split["validation"] = entries["validation"]

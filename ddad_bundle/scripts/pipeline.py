@@ -1,0 +1,88 @@
+"""The trained DDAD model as one module: image batch in, anomaly maps out.
+
+``DDADPipeline`` holds the NDM and UDM members, the selected ASR-Nets and the map scales they
+were trained with. ``forward(x)`` with a preprocessed batch (B, C, H, W) returns the maps
+(B, 1, H, W) of every score the trained model supports (``A_rec``, ``A_rec_ensemble``,
+``A_intra``, ``A_inter`` with a UDM, ``R_intra`` and ``R_dual`` after stage 2); image scores are
+the maps' spatial means. Evaluation and inference both run this one module, so the numbers they
+report come from the same code.
+
+Example::
+
+    >>> pipeline = DDADPipeline(ndm_members, udm_members, refiners, scales)
+    >>> maps = pipeline(images)            # {"A_rec": (B,1,H,W), ..., "R_dual": (B,1,H,W)}
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from .refinement import REFINER_SCORES, refiner_input
+from .scores import discrepancy_maps, member_rec_scores
+
+
+class DDADPipeline(nn.Module):
+    """NDM/UDM ensembles + ASR-Nets; see the module docstring.
+
+    Args:
+        ndm_members: trained NDM networks (at least 2).
+        udm_members: trained UDM networks (empty without unlabeled images).
+        refiners: {"dual": ASRNet, "intra": ASRNet}, either or both, or empty before stage 2.
+        map_scale: the refiners' input scales (``asr_<name>.pt``).
+        heteroscedastic: AE-U outputs.
+    """
+
+    def __init__(self, ndm_members: Sequence[nn.Module], udm_members: Sequence[nn.Module] = (),
+                 refiners: Optional[dict] = None, map_scale: Optional[dict] = None, heteroscedastic: bool = False):
+        super().__init__()
+        refiners = dict(refiners or {})
+        if refiners and not map_scale:
+            raise ValueError("refiners need the map_scale they were trained with (saved in asr_<name>.pt)")
+        if "dual" in refiners and not udm_members:
+            raise ValueError("the 'dual' refiner needs UDM members (R_dual uses A_inter)")
+        self.ndm = nn.ModuleList(ndm_members)
+        self.udm = nn.ModuleList(udm_members)
+        self.refiners = nn.ModuleDict(refiners)
+        self.map_scale = dict(map_scale or {})
+        self.heteroscedastic = heteroscedastic
+        self.eval()
+
+    @property
+    def score_names(self) -> list[str]:
+        names = ["A_rec", "A_rec_ensemble", "A_intra"] + (["A_inter"] if len(self.udm) else [])
+        return names + [REFINER_SCORES[r] for r in ("intra", "dual") if r in self.refiners]
+
+    @property
+    def primary_score(self) -> str:
+        """The score a deployment reports: R_dual, else R_intra (no unlabeled data), else A_inter/A_intra."""
+        for name in ("R_dual", "R_intra", "A_inter", "A_intra"):
+            if name in self.score_names:
+                return name
+        return "A_rec_ensemble"
+
+    def stage1(self, x: torch.Tensor):
+        ndm = torch.stack([m(x) for m in self.ndm])
+        udm = torch.stack([m(x) for m in self.udm]) if len(self.udm) else None
+        return ndm, udm
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        ndm, udm = self.stage1(x)
+        maps = discrepancy_maps(x, ndm, udm, self.heteroscedastic)
+        for name in ("intra", "dual"):
+            if name in self.refiners:
+                logits = self.refiners[name](refiner_input(maps, name, self.map_scale))
+                maps[REFINER_SCORES[name]] = torch.softmax(logits, dim=1)[:, 1:2]
+        return maps
+
+    def member_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """Each NDM member's own image-level A_rec (K, B)."""
+        ndm, _ = self.stage1(x)
+        return member_rec_scores(x, ndm, self.heteroscedastic)
+
+
+def image_score(maps: Dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """(B,) spatial mean of one map."""
+    return maps[name].flatten(1).mean(dim=1)
