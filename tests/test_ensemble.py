@@ -14,12 +14,13 @@ def tiny_ae():
     return AE(in_channels=1, image_size=16, latent_size=4)
 
 
-def make_trainer(images, ckpt_dir, epochs, seed=0, module="ndm", handlers=None):
+def make_trainer(images, ckpt_dir, epochs, seed=0, module="ndm", handlers=None, lr_schedule="constant"):
     seeds = member_seeds(seed, module, 3)
     members = seeded_members(tiny_ae, seeds)
     handlers = handlers if handlers is not None else [MemberCheckpoints(ckpt_dir, module)]
     return EnsembleTrainer("cpu", epochs, members, adam_optimizers(members), MSEObjective(),
-                           MemberBatches(images, seeds, batch_size=8), module=module, handlers=handlers)
+                           MemberBatches(images, seeds, batch_size=8), module=module, handlers=handlers,
+                           lr_schedule=lr_schedule)
 
 
 @pytest.fixture
@@ -103,14 +104,15 @@ def test_same_seed_same_weights(images, tmp_path):
     assert_same_weights(weights(a), weights(b))
 
 
-def test_interrupted_run_resumes_to_the_same_weights(images, tmp_path):
-    reference = make_trainer(images, tmp_path / "ref", epochs=3)
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_interrupted_run_resumes_to_the_same_weights(images, tmp_path, lr_schedule):
+    reference = make_trainer(images, tmp_path / "ref", epochs=3, lr_schedule=lr_schedule)
     reference.run()
 
     class Interrupt(Exception):
         pass
 
-    interrupted = make_trainer(images, tmp_path / "run", epochs=3)
+    interrupted = make_trainer(images, tmp_path / "run", epochs=3, lr_schedule=lr_schedule)
 
     @interrupted.on(Events.ITERATION_COMPLETED)
     def crash(engine):
@@ -122,7 +124,7 @@ def test_interrupted_run_resumes_to_the_same_weights(images, tmp_path):
         interrupted.run()
     assert not final_weights_path(tmp_path / "run", "ndm", 0).exists()
 
-    resumed = make_trainer(images, tmp_path / "run", epochs=3)  # a fresh process: new members, same seeds
+    resumed = make_trainer(images, tmp_path / "run", epochs=3, lr_schedule=lr_schedule)  # a fresh process
     resumed.run()
     assert resumed.state.epoch == 3
     assert_same_weights(weights(resumed), weights(reference))
@@ -133,3 +135,14 @@ def test_disagreeing_checkpoints_are_refused(images, tmp_path):
     next(tmp_path.glob("ndm_member1_checkpoint_*.pt")).unlink()
     with pytest.raises(RuntimeError, match="disagree"):
         make_trainer(images, tmp_path, epochs=2).run()
+
+
+def test_cosine_schedule_decays_to_zero(images, tmp_path):
+    trainer = make_trainer(images, tmp_path, epochs=2, lr_schedule="cosine")
+    trainer.run()
+    assert all(group["lr"] == pytest.approx(0.0, abs=1e-12) for opt in trainer.optimizers for group in opt.param_groups)
+
+
+def test_unknown_schedule_names_the_key(images, tmp_path):
+    with pytest.raises(ValueError, match="lr_schedule"):
+        make_trainer(images, tmp_path, epochs=1, lr_schedule="step")

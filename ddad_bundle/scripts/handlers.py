@@ -69,9 +69,9 @@ class MemberCheckpoints:
     def attach(self, engine: Engine) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         saver = DiskSaver(str(self.ckpt_dir), require_empty=False, atomic=True)
-        for k, (net, optimizer) in enumerate(zip(engine.members, engine.optimizers)):
+        for k in range(len(engine.members)):
             checkpoint = Checkpoint(
-                {"network": net, "optimizer": optimizer, "trainer": engine},
+                self._objects(engine, k),
                 saver,
                 filename_prefix=self._prefix(k),
                 n_saved=1,
@@ -84,6 +84,15 @@ class MemberCheckpoints:
         engine.add_event_handler(Events.COMPLETED, self.save_final)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load_latest)
+
+    @staticmethod
+    def _objects(engine: Engine, k: int) -> dict:
+        """What member k's checkpoint holds: network, optimizer, trainer state and its LR schedule."""
+        objects = {"network": engine.members[k], "optimizer": engine.optimizers[k], "trainer": engine}
+        schedulers = getattr(engine, "schedulers", [])
+        if schedulers:
+            objects["scheduler"] = schedulers[k]
+        return objects
 
     def latest(self, member: int) -> tuple[int, Path] | None:
         """(epoch, path) of a member's last resumable checkpoint, or None."""
@@ -110,9 +119,9 @@ class MemberCheckpoints:
                 f"epochs found: {sorted(epochs)}); remove them or set resume to false to start over"
             )
         max_epochs = engine.state.max_epochs
-        for k, (net, optimizer) in enumerate(zip(engine.members, engine.optimizers)):
+        for k in range(len(engine.members)):
             state = torch.load(latest[k][1], map_location=engine.state.device, weights_only=False)
-            Checkpoint.load_objects({"network": net, "optimizer": optimizer, "trainer": engine}, state)
+            Checkpoint.load_objects(self._objects(engine, k), state)
         # A longer schedule given on the command line wins over the one stored in the checkpoint.
         engine.state.max_epochs = max(max_epochs, engine.state.epoch)
         logger.info("%s: resumed all members from epoch %d in %s", self.module, engine.state.epoch, self.ckpt_dir)
