@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 TINY_RUN = {
     "image_size": 32,
     "batch_size": 16,
+    "lr_schedule": "cosine",
     "progress_bar": False,
     "phantom#size": 64,
     "phantom#n_normal": 80,
@@ -51,4 +52,4 @@ def run_bundle(runs_dir, modality="cxr", epochs=8, **extra) -> Path:
 def cxr_run(tmp_path_factory):
     """A trained and evaluated CXR phantom run shared by the end-to-end and inference tests."""
     runs_dir = tmp_path_factory.mktemp("cxr_runs")
-    return runs_dir, run_bundle(runs_dir, "cxr", epochs=8)
+    return runs_dir, run_bundle(runs_dir, "cxr", epochs=20)

@@ -34,7 +34,7 @@ def test_cxr_phantoms_end_to_end(cxr_run):
     records = sorted(p.name for p in output_dir.glob("run_record_*.json"))
     assert records == ["run_record_evaluating.json", "run_record_training.json", "run_record_training_asr.json"]
     record = json.loads((output_dir / "run_record_training.json").read_text())
-    assert record["seed"] == 0 and record["versions"]["monai"] and record["config"]["epochs"] == 8
+    assert record["seed"] == 0 and record["versions"]["monai"] and record["config"]["epochs"] == 20
     selection = json.loads((output_dir / "models" / "asr_selection.json").read_text())
     assert set(selection["refiners"]) == {"dual", "intra"}
     threshold = json.loads((output_dir / "models" / "threshold.json").read_text())

@@ -23,11 +23,21 @@ from monai.data import CacheDataset, DataLoader
 logger = logging.getLogger("ddad")
 
 
+def root_cause(error: BaseException) -> BaseException:
+    """The error under MONAI's 'applying transform ...' wrappers (it names the file and the problem)."""
+    while isinstance(error, RuntimeError) and error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
 def cached_dataset(entries: list[dict], transform, name: str, num_workers: int = 0) -> CacheDataset:
-    """A fully cached MONAI dataset; refuses an empty pool by name."""
+    """A fully cached MONAI dataset; refuses an empty pool, and names the file that fails to load."""
     if not entries:
         raise ValueError(f"the {name} pool is empty: the split file lists no images for it")
-    return CacheDataset(entries, transform, cache_rate=1.0, num_workers=num_workers, progress=False)
+    try:
+        return CacheDataset(entries, transform, cache_rate=1.0, num_workers=num_workers, progress=False)
+    except Exception as error:  # re-raised with the message that names the file
+        raise ValueError(f"the {name} pool: {root_cause(error)}") from error
 
 
 def cache_images(entries: list[dict], transform, name: str, num_workers: int = 0) -> torch.Tensor:

@@ -14,9 +14,10 @@ training images (``map_scales``). The constants are stored with the selected wei
 by evaluation and inference.
 
 Model selection never looks at the test set: after every ``val_every`` epochs each refiner is
-scored on a fixed validation set made from the held-out known normals, half of them carrying a
-synthetic anomaly drawn once from the seed; the epoch with the best image-level AUC (ties: the
-later epoch loses) is kept as ``asr_<name>.pt`` with ``asr_selection.json`` recording why.
+scored on a fixed validation set made from the held-out known normals: every held-out image
+appears twice, as it is and with a synthetic anomaly drawn once from the seed, so half of the
+samples are synthetic. The epoch with the best image-level AUC (ties: the later epoch loses) is
+kept as ``asr_<name>.pt`` with ``asr_selection.json`` recording why.
 
 Example::
 
@@ -108,13 +109,18 @@ def refiner_input(maps: Dict[str, torch.Tensor], name: str, scales: Dict[str, fl
     return torch.cat([maps[k] / scales[k] for k in REFINER_INPUTS[name]], dim=1)
 
 
-def make_validation_set(images: torch.Tensor, seed: int, prob: float = 0.5):
-    """Held-out normals with synthetic anomalies on about half of them, fixed by the seed."""
+def make_validation_set(images: torch.Tensor, seed: int):
+    """Held-out normals, each twice: as it is, and with a synthetic anomaly fixed by the seed.
+
+    Half of the samples are synthetic by construction, so the selection AUC compares every
+    image with its own altered copy and does not depend on how many patches a draw happens
+    to apply on a small validation set.
+    """
     if images.shape[0] < 2:
         raise ValueError(f"the validation set holds {images.shape[0]} image(s); ASR-Net selection needs at least 2")
     generator = torch.Generator().manual_seed(int(seed) + 2999)
-    synthesized, labels, _ = synthesize_batch(images, generator, prob=prob)
-    return synthesized, labels
+    synthesized, labels, _ = synthesize_batch(images, generator, prob=1.0)
+    return torch.cat([images, synthesized]), torch.cat([torch.zeros_like(labels), labels])
 
 
 class RefinementTrainer(Trainer):
@@ -216,8 +222,6 @@ class RefinerSelection:
         self.ckpt_dir = Path(ckpt_dir)
         self.images, self.labels = make_validation_set(validation_images, seed)
         self.image_labels = (self.labels.flatten(1).amax(1) > 0).long()
-        if self.image_labels.min() == self.image_labels.max():
-            raise ValueError("the synthetic validation set holds a single class; use more validation images")
         self.val_every = val_every
         self.best: Dict[str, dict] = {}
 
@@ -227,8 +231,10 @@ class RefinerSelection:
         engine.add_event_handler(Events.STARTED, self.load_previous)
 
     def load_previous(self, engine: Engine) -> None:
+        """Keep the earlier best epochs only when this run resumed (attach after MemberCheckpoints)."""
         path = self.ckpt_dir / "asr_selection.json"
-        if path.is_file():
+        self.best = {}
+        if engine.state.epoch > 0 and path.is_file():
             self.best = json.loads(path.read_text()).get("refiners", {})
 
     def validate(self, engine: Engine) -> None:

@@ -1,0 +1,96 @@
+"""Stage 2: frozen stage-1 maps, ASR-Net training on synthetic anomalies, validation-only selection."""
+
+import json
+
+import pytest
+import torch
+
+from scripts.ensemble import seeded_members
+from scripts.networks import AE
+from scripts.pipeline import DDADPipeline
+from scripts.refinement import (MapExtractor, RefinementTrainer, RefinerSelection, build_refiners, load_refiner,
+                                make_validation_set, map_scales, refiner_names)
+
+
+def members(seeds):
+    return [m.eval() for m in seeded_members(lambda: AE(1, 16, 4), seeds)]
+
+
+@pytest.fixture
+def extractor():
+    return MapExtractor(members([0, 1, 2]), members([1000, 1001, 1002]))
+
+
+@pytest.fixture
+def images():
+    return torch.rand(24, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+
+
+def test_extractor_is_frozen_and_stays_in_eval_mode(extractor, images):
+    extractor.train()
+    assert not any(m.training for m in extractor.modules())
+    assert not any(p.requires_grad for p in extractor.parameters())
+    maps = extractor(images[:4])
+    assert set(maps) == {"A_rec", "A_rec_ensemble", "A_intra", "A_inter"}
+    assert maps["A_intra"].shape == (4, 1, 16, 16)
+
+
+def test_map_scales_are_the_mean_maps_of_the_normals(extractor, images):
+    scales = map_scales(extractor, images, batch_size=5)
+    maps = extractor(images)
+    for name in ("A_intra", "A_inter"):
+        assert scales[name] == pytest.approx(maps[name].mean().item(), rel=1e-5)
+
+
+def test_refiners_follow_the_data():
+    assert refiner_names(True) == ["dual", "intra"] and refiner_names(False) == ["intra"]
+    nets = build_refiners(["dual", "intra"], seed=0, width=8)
+    assert nets["dual"].body[0].in_channels == 2 and nets["intra"].body[0].in_channels == 1
+
+
+def test_validation_set_is_fixed_by_the_seed_and_half_synthetic():
+    normals = torch.rand(20, 1, 16, 16)
+    a_images, a_labels = make_validation_set(normals, seed=4)
+    b_images, b_labels = make_validation_set(normals, seed=4)
+    assert torch.equal(a_images, b_images) and torch.equal(a_labels, b_labels)
+    has_anomaly = a_labels.flatten(1).amax(1) > 0
+    assert a_images.shape[0] == 40 and has_anomaly[20:].all() and not has_anomaly[:20].any()
+    assert torch.equal(a_images[:20], normals)
+    assert not torch.equal(make_validation_set(normals, seed=5)[1], a_labels)
+
+
+def test_training_selects_on_validation_and_records_why(extractor, images, tmp_path):
+    validation = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    refiners = build_refiners(["dual", "intra"], seed=0, width=8)
+    selection = RefinerSelection(tmp_path, validation, seed=0)
+    trainer = RefinementTrainer("cpu", 3, refiners, extractor, images, seed=0, batch_size=8, handlers=[selection])
+    trainer.run()
+    record = json.loads((tmp_path / "asr_selection.json").read_text())
+    assert set(record["refiners"]) == {"dual", "intra"}
+    assert record["validation_images"] == 32
+    for name in ("dual", "intra"):
+        assert 1 <= record["refiners"][name]["epoch"] <= 3
+        assert f"val_R_{name}_auc" in trainer.state.metrics
+        net, scales = load_refiner(tmp_path, name, width=8)
+        assert set(scales) >= {"A_intra", "A_inter"}
+    # the selected refiners plug into the deployed pipeline
+    pipeline = DDADPipeline(extractor.ndm, extractor.udm, {n: load_refiner(tmp_path, n, width=8)[0] for n in ("dual", "intra")},
+                            scales)
+    maps = pipeline(images[:2])
+    assert pipeline.primary_score == "R_dual"
+    assert 0 <= maps["R_dual"].min() and maps["R_dual"].max() <= 1
+
+
+def test_stage2_training_is_reproducible(extractor, images):
+    def train():
+        refiners = build_refiners(["intra"], seed=1, width=8)
+        RefinementTrainer("cpu", 2, refiners, extractor, images, seed=1, batch_size=8).run()
+        return refiners["intra"].state_dict()
+
+    first, second = train(), train()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_batch_of_one_is_refused(extractor, images):
+    with pytest.raises(ValueError, match="asr_batch_size"):
+        RefinementTrainer("cpu", 1, build_refiners(["intra"], 0, 8), extractor, images, batch_size=1)
