@@ -98,8 +98,20 @@ def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=Non
             logging_file=str(CONFIG_DIR / "logging.conf"),
             **overrides,
         )
+    except RuntimeError as error:
+        # MONAI reports a failing config expression as 'Failed to evaluate ...'; the error
+        # underneath names the file or key and the problem, so that is the one to raise.
+        raise user_error(error) from error
     finally:
         config_guard.clear_invocation()
+
+
+def user_error(error: BaseException) -> BaseException:
+    """The innermost error under MONAI's RuntimeError wrappers."""
+    inner = error
+    while isinstance(inner, RuntimeError) and inner.__cause__ is not None:
+        inner = inner.__cause__
+    return inner
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -140,6 +152,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; bad input ends with one clear line on stderr and exit status 2."""
+    try:
+        return dispatch(argv)
+    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def dispatch(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)

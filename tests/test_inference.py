@@ -104,9 +104,19 @@ def test_same_image_in_two_formats_gets_the_same_score(scored):
 
 
 @pytest.mark.slow
-def test_empty_folder_is_refused(cxr_run, tmp_path):
+def test_empty_folder_is_refused_with_one_clear_line(cxr_run, tmp_path, capsys):
     runs_dir, _ = cxr_run
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="no image files found"):
-        cli_main(["score", str(empty), "--out", str(tmp_path / "o"), "--runs_dir", str(runs_dir), "--image_size", "32"])
+    status = cli_main(["score", str(empty), "--out", str(tmp_path / "o"), "--runs_dir", str(runs_dir), "--image_size", "32"])
+    assert status == 2
+    assert f"error: {empty}: no image files found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_scoring_without_a_trained_model_names_the_missing_file(tmp_path, capsys):
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(image)
+    status = cli_main(["score", str(image), "--out", str(tmp_path / "o"), "--runs_dir", str(tmp_path / "none")])
+    assert status == 2
+    assert "ndm_member0.pt does not exist" in capsys.readouterr().err
