@@ -6,11 +6,13 @@ Commands::
     python -m ddad_bundle run evaluating [--key value ...]
     python -m ddad_bundle demo [--modality cxr|brain|fundus] [--epochs N] [--runs_dir runs/demo]
     python -m ddad_bundle score <folder or files> --out <folder> [--runs_dir runs/demo] [--key value ...]
+    python -m ddad_bundle fit [--config_file configs/datasets/folder.json] [--key value ...]
 
 ``run`` is ``python -m monai.bundle run`` with the bundle's config files filled in per workflow,
 the bundle root put on the import path (configs say ``$import scripts``) and every override key
 checked against the configs before anything starts, so ``--epoch 5`` is refused with a hint
-instead of being silently added. ``demo`` trains and evaluates on generated phantoms with a
+instead of being silently added. ``fit`` runs training, training_asr and evaluating in turn with the same settings (for example on
+a folder tree of one's own images, see ``scripts.folders``). ``demo`` trains and evaluates on generated phantoms with a
 shortened schedule and prints the AUC/AP table and the path of ``metrics.json``.
 """
 
@@ -114,6 +116,22 @@ def user_error(error: BaseException) -> BaseException:
     return inner
 
 
+def run_workflows(workflows: list[str], overrides: dict, extra_configs=None) -> None:
+    """Several workflows in turn with one set of overrides; each gets the keys its configs define.
+
+    A key no workflow defines is refused before the first one starts.
+    """
+    ensure_bundle_on_path()
+    from scripts import config_guard
+
+    files = {w: config_files_for(w, extra_configs) for w in workflows}
+    union = list(dict.fromkeys(f for w in workflows for f in files[w]))
+    config_guard.check_overrides(union, overrides)
+    for workflow in workflows:
+        known = config_guard.known_keys(files[workflow])
+        run_workflow(workflow, {k: v for k, v in overrides.items() if k.replace("::", "#") in known}, extra_configs)
+
+
 def demo(args: argparse.Namespace) -> int:
     """Train both stages on generated phantoms with the demo schedule, then evaluate."""
     stage1 = dict(DEMO_STAGE1, modality=args.modality, runs_dir=os.path.abspath(args.runs_dir))
@@ -123,10 +141,8 @@ def demo(args: argparse.Namespace) -> int:
         stage1["channels"] = 3
     asr_epochs = DEMO_ASR_EPOCHS if args.asr_epochs is None else args.asr_epochs
     start = time.time()
-    run_workflow("training", stage1)
-    if not args.stage1_only:
-        run_workflow("training_asr", dict(stage1, asr_epochs=asr_epochs))
-    run_workflow("evaluating", stage1)
+    workflows = ["training", "evaluating"] if args.stage1_only else ["training", "training_asr", "evaluating"]
+    run_workflows(workflows, dict(stage1, asr_epochs=asr_epochs))
     print(f"demo finished in {time.time() - start:.0f} s")
     return 0
 
@@ -138,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("workflow", choices=sorted(WORKFLOW_CONFIGS))
     run_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s) merged after the workflow's own (dataset configs...)")
+    fit_parser = commands.add_parser("fit", help="training, training_asr and evaluating in turn")
+    fit_parser.add_argument("--config_file", action="append", default=[],
+                            help="extra config file(s), e.g. ddad_bundle/configs/datasets/folder.json")
     score_parser = commands.add_parser("score", help="score new images with a trained bundle")
     score_parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     score_parser.add_argument("--out", required=True, help="folder for maps, overlays, scores.csv, summary.json")
@@ -175,5 +194,9 @@ def dispatch(argv: list[str] | None = None) -> int:
         run_workflow("inferring", overrides)
         return 0
     extra = [f for item in args.config_file for f in item.split(",")]
-    run_workflow(args.workflow, parse_overrides(rest), extra)
+    overrides = parse_overrides(rest)
+    if args.command == "fit":
+        run_workflows(["training", "training_asr", "evaluating"], overrides, extra)
+    else:
+        run_workflow(args.workflow, overrides, extra)
     return 0

@@ -16,13 +16,15 @@ def check_metrics(output_dir, n_test=40):
     metrics = json.loads((output_dir / "eval" / "metrics.json").read_text())
     assert list(metrics) == list(ALL_SCORES)
     for name, entry in metrics.items():
-        for key in ("auc", "ap", "pixel_auroc", "auc_ci95", "f1_max", "sens_at_spec95"):
+        for key in ("auc", "ap", "pixel_auroc", "auc_ci95", "f1_max", "sens_at_spec95", "chi2"):
             assert key in entry, (name, key)
         assert 0.0 <= entry["auc"] <= 1.0 and 0.0 <= entry["ap"] <= 1.0
     assert len(metrics["A_rec"]["auc_per_member"]) == 3
     csv_lines = (output_dir / "eval" / "scores.csv").read_text().splitlines()
     assert len(csv_lines) == 1 + n_test
     assert csv_lines[0].split(",")[:2] == ["image", "label"]
+    for figure in ("histograms.png", "maps.png"):
+        assert (output_dir / "eval" / figure).stat().st_size > 10_000
     return metrics
 
 

@@ -93,10 +93,14 @@ def _flat_keys(config, prefix: str = "") -> list[str]:
     return keys
 
 
+def known_keys(config_files) -> set[str]:
+    """Every key, nested ones as 'a#b', that the merged config files define."""
+    return set(_flat_keys(ConfigParser(ConfigParser.load_config_files(config_files)).get()))
+
+
 def check_overrides(config_files, overrides) -> None:
     """Raise ``ConfigKeyError`` for an override key that the merged config files do not define."""
-    parser = ConfigParser(ConfigParser.load_config_files(config_files))
-    known = _flat_keys(parser.get())
+    known = sorted(known_keys(config_files))
     for key in overrides:
         normalized = str(key).replace("::", "#")
         if normalized not in known:

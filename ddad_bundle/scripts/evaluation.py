@@ -4,7 +4,8 @@
 trained model (``scripts.pipeline.DDADPipeline``: NDM and UDM members, and the ASR-Nets after
 stage 2) on a batch (B, C, H, W) and outputs, per batch::
 
-    {"scores": {name: (B,)}, "maps": {name: (B, 1, H, W)}, "label": (B,), "mask": (B, 1, H, W) | None,
+    {"image": (B, C, H, W), "scores": {name: (B,)}, "maps": {name: (B, 1, H, W)}, "label": (B,),
+     "mask": (B, 1, H, W) | None,
      "member_A_rec": (K, B), "filename": [str] * B}
 
 Image-level AUC and AP are MONAI's ``ROCAUC`` and ``AveragePrecision`` handlers attached as
@@ -113,6 +114,7 @@ class DiscrepancyEvaluator(Evaluator):
             member_scores = self.pipeline.member_scores(x)
         meta = getattr(image, "meta", {})
         return {
+            "image": x,
             "maps": maps,
             "scores": image_scores(maps),
             "member_A_rec": member_scores,

@@ -3,7 +3,10 @@
 ``metrics.json`` maps each score name (``A_rec``, ``A_rec_ensemble``, ``A_intra``, ``A_inter``,
 ``R_intra``, ``R_dual``) to ``{"auc", "ap", ...}`` (fractions in [0, 1]); ``pixel_auroc`` where the
 test images have masks; ``auc_ci95`` (stratified bootstrap), ``f1_max`` and ``sens_at_spec95``;
-and, for ``A_rec``, the AUC of every NDM member alone (``auc_per_member``).
+the chi-squared distance between the normal and abnormal score histograms (``chi2``); and, for
+``A_rec``, the AUC of every NDM member alone (``auc_per_member``). Figures: ``histograms.png``
+(the journal paper's Fig. 6) and ``maps.png`` (its Fig. 7) for ``panel_images`` test images,
+half normal and half abnormal.
 
 Example (config)::
 
@@ -22,7 +25,8 @@ import numpy as np
 from ignite.engine import Engine, Events
 from sklearn.metrics import roc_auc_score
 
-from .metrics import summarize_scores
+from .figures import map_panel, score_histograms
+from .metrics import chi2_histogram_distance, summarize_scores
 from .scores import ALL_SCORES
 
 logger = logging.getLogger("ddad")
@@ -60,8 +64,12 @@ class ScoreReport:
         print_table: print the AUC/AP table to stdout.
     """
 
-    def __init__(self, output_dir, n_boot: int = 1000, seed: int = 0, print_table: bool = True):
+    def __init__(self, output_dir, n_boot: int = 1000, seed: int = 0, print_table: bool = True,
+                 panel_images: int = 6, figures: bool = True):
         self.output_dir = Path(output_dir)
+        self.panel_images = panel_images
+        self.figures = figures
+        self.samples: list[dict] = []
         self.n_boot = n_boot
         self.seed = seed
         self.print_table = print_table
@@ -76,7 +84,7 @@ class ScoreReport:
         engine.add_event_handler(Events.COMPLETED, self.write)
 
     def reset(self, engine: Engine) -> None:
-        self.rows, self.member_scores, self.pixels = [], [], {}
+        self.rows, self.member_scores, self.pixels, self.samples = [], [], {}, []
 
     def collect(self, engine: Engine) -> None:
         output = engine.state.output
@@ -88,10 +96,23 @@ class ScoreReport:
             row.update({k: float(v[i]) for k, v in scores.items()})
             self.rows.append(row)
         self.member_scores.append(output["member_A_rec"].detach().float().cpu().numpy())
+        self.keep_samples(output, labels)
         if output.get("mask") is not None:
             self.pixels.setdefault("mask", []).append(output["mask"].detach().cpu().numpy().ravel() > 0.5)
             for name, m in output["maps"].items():
                 self.pixels.setdefault(name, []).append(m.detach().float().cpu().numpy().ravel().astype(np.float32))
+
+    def keep_samples(self, output: dict, labels: np.ndarray) -> None:
+        """The first test images of each class, with their maps, for the map panel."""
+        per_class = self.panel_images // 2
+        for i, label in enumerate(labels):
+            if sum(s["label"] == label for s in self.samples) >= per_class:
+                continue
+            self.samples.append({
+                "label": int(label),
+                "image": output["image"][i].float().mean(0).cpu().numpy() if "image" in output else None,
+                "maps": {k: v[i, 0].detach().float().cpu().numpy() for k, v in output["maps"].items()},
+            })
 
     def summarize(self, engine: Engine) -> dict:
         labels = np.array([r["label"] for r in self.rows])
@@ -103,6 +124,7 @@ class ScoreReport:
             # The AUC/AP reported are MONAI's handlers' values (they agree with scikit-learn).
             entry["auc"] = float(engine.state.metrics.get(f"{name}/auc", entry["auc"]))
             entry["ap"] = float(engine.state.metrics.get(f"{name}/ap", entry["ap"]))
+            entry["chi2"] = chi2_histogram_distance(scores[labels == 0], scores[labels == 1])
             pixel = self.pixel_auroc(name)
             if pixel is not None:
                 entry["pixel_auroc"] = pixel
@@ -126,10 +148,20 @@ class ScoreReport:
         self.metrics = self.summarize(engine)
         path = write_json_atomic(self.metrics, self.output_dir / "metrics.json")
         self.write_csv(self.output_dir / "scores.csv")
+        if self.figures:
+            self.write_figures()
         if self.print_table:
             print(format_table(self.metrics))
             print(f"metrics written to {path}")
         logger.info("metrics: %s", path)
+
+    def write_figures(self) -> None:
+        labels = np.array([r["label"] for r in self.rows])
+        names = [n for n in self.metrics]
+        score_histograms({n: [r[n] for r in self.rows] for n in names}, labels, self.output_dir / "histograms.png")
+        samples = sorted(self.samples, key=lambda s: s["label"])
+        if samples and samples[0]["image"] is not None:
+            map_panel(samples, self.output_dir / "maps.png")
 
     def write_csv(self, path: Path) -> None:
         tmp = path.with_name(f".{path.name}.tmp")
