@@ -7,6 +7,7 @@ Commands::
     python -m ddad_bundle demo [--modality cxr|brain|fundus] [--epochs N] [--runs_dir runs/demo]
     python -m ddad_bundle score <folder or files> --out <folder> [--runs_dir runs/demo] [--key value ...]
     python -m ddad_bundle fit [--config_file configs/datasets/folder.json] [--key value ...]
+    python -m ddad_bundle export [--runs_dir runs/demo] [--model_ts path/model.ts]
 
 ``run`` is ``python -m monai.bundle run`` with the bundle's config files filled in per workflow,
 the bundle root put on the import path (configs say ``$import scripts``) and every override key
@@ -32,6 +33,7 @@ WORKFLOW_CONFIGS = {
     "training_asr": ["common.json", "train.json", "train_asr.json"],
     "evaluating": ["common.json", "train.json", "evaluate.json"],
     "inferring": ["common.json", "inference.json"],
+    "exporting": ["common.json", "inference.json", "export.json"],
 }
 
 # The demo's shortened schedule, which fits a 2-core CPU in minutes (the paper: 250 epochs at
@@ -154,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("workflow", choices=sorted(WORKFLOW_CONFIGS))
     run_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s) merged after the workflow's own (dataset configs...)")
+    commands.add_parser("export", help="write the trained pipeline as one TorchScript file (model.ts)")
     fit_parser = commands.add_parser("fit", help="training, training_asr and evaluating in turn")
     fit_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s), e.g. ddad_bundle/configs/datasets/folder.json")
@@ -192,6 +195,9 @@ def dispatch(argv: list[str] | None = None) -> int:
         overrides = parse_overrides(rest)
         overrides.update(input_paths=[os.path.abspath(p) for p in args.inputs], inference_dir=os.path.abspath(args.out))
         run_workflow("inferring", overrides)
+        return 0
+    if args.command == "export":
+        run_workflow("exporting", parse_overrides(rest))
         return 0
     extra = [f for item in args.config_file for f in item.split(",")]
     overrides = parse_overrides(rest)

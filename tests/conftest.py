@@ -1,6 +1,7 @@
 """Shared test set-up: the bundle root goes on the import path, as `monai.bundle run` expects,
 so that tests import the bundle's code as `scripts.<module>` exactly like the configs do."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -10,6 +11,13 @@ SHARED = REPO_ROOT.parent / "shared"
 
 if str(BUNDLE_ROOT) not in sys.path:
     sys.path.insert(0, str(BUNDLE_ROOT))
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers each get one thread: two workers with two threads each on a 2-core
+    # machine spin against each other and run several times slower than one thread apiece.
+    import torch
+
+    torch.set_num_threads(1)
 
 
 import json  # noqa: E402

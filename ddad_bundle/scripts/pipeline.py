@@ -15,7 +15,7 @@ Example::
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -86,3 +86,45 @@ class DDADPipeline(nn.Module):
 def image_score(maps: Dict[str, torch.Tensor], name: str) -> torch.Tensor:
     """(B,) spatial mean of one map."""
     return maps[name].flatten(1).mean(dim=1)
+
+
+class DeployedPipeline(nn.Module):
+    """The trained model as one TorchScript-scriptable module: ``image`` (B, C, H, W) in,
+    ``pred`` (B, 1, H, W) out, the map of the deployment score (``DDADPipeline.primary_score``:
+    R_dual, else R_intra, else A_inter, else A_intra). All NDM and UDM members, the discrepancy
+    maps (``scripts.scores.discrepancy_maps``, scripted as they are) and the ASR-Net run inside.
+    The image score is the spatial mean of ``pred``; the inference config computes it.
+    """
+
+    def __init__(self, pipeline: DDADPipeline):
+        super().__init__()
+        self.score_name: str = pipeline.primary_score
+        self.ndm = pipeline.ndm
+        self.udm = pipeline.udm
+        self.has_udm: bool = len(pipeline.udm) > 0
+        self.heteroscedastic: bool = bool(pipeline.heteroscedastic)
+        refiner = {"R_dual": "dual", "R_intra": "intra"}.get(self.score_name)
+        self.use_refiner: bool = refiner is not None
+        self.refiner = pipeline.refiners[refiner] if refiner is not None else nn.Identity()
+        self.dual: bool = refiner == "dual"
+        self.scale_inter: float = float(pipeline.map_scale.get("A_inter", 1.0))
+        self.scale_intra: float = float(pipeline.map_scale.get("A_intra", 1.0))
+        self.eval()
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        # TorchScript iterates a ModuleList only as an attribute, hence two loops.
+        ndm_outputs: List[torch.Tensor] = []
+        for member in self.ndm:
+            ndm_outputs.append(member(image))
+        udm_outputs: List[torch.Tensor] = []
+        for member in self.udm:
+            udm_outputs.append(member(image))
+        ndm = torch.stack(ndm_outputs)
+        udm: Optional[torch.Tensor] = torch.stack(udm_outputs) if self.has_udm else None
+        maps = discrepancy_maps(image, ndm, udm, self.heteroscedastic)
+        if not self.use_refiner:
+            return maps[self.score_name]
+        inputs = [maps["A_intra"] / self.scale_intra]
+        if self.dual:
+            inputs = [maps["A_inter"] / self.scale_inter] + inputs
+        return torch.softmax(self.refiner(torch.cat(inputs, dim=1)), dim=1)[:, 1:2]

@@ -49,7 +49,7 @@ def discrepancy_maps(
 ) -> Dict[str, torch.Tensor]:
     """Pixel maps (B, 1, H, W) of A_rec, A_rec_ensemble, A_intra and, when ``udm`` is given, A_inter."""
     if ndm.dim() != 5:
-        raise ValueError(f"ndm outputs must be stacked as (K, B, C, H, W), got shape {tuple(ndm.shape)}")
+        raise ValueError(f"ndm outputs must be stacked as (K, B, C, H, W), got {ndm.dim()} dimensions")
     if ndm.shape[0] < 2:
         raise ValueError("A_intra needs at least 2 NDM members (config key 'num_members')")
     channels = x.shape[1]
@@ -58,6 +58,7 @@ def discrepancy_maps(
     member_error = (x.unsqueeze(0) - recon) ** 2
     ensemble_error = (x - mean_ndm) ** 2
     intra = recon.std(dim=0, unbiased=True)
+    variance = torch.ones_like(mean_ndm)  # sigma^2; stays 1 for AE and MemAE
     if log_var is not None:
         member_error = member_error / torch.exp(log_var)
         variance = torch.exp(log_var).mean(dim=0)
