@@ -94,3 +94,21 @@ def test_stage2_training_is_reproducible(extractor, images):
 def test_batch_of_one_is_refused(extractor, images):
     with pytest.raises(ValueError, match="asr_batch_size"):
         RefinementTrainer("cpu", 1, build_refiners(["intra"], 0, 8), extractor, images, batch_size=1)
+
+
+class DeviationMaps(torch.nn.Module):
+    """Stand-in for stage-1 maps that respond to a patch: |x - the image's median|."""
+
+    def forward(self, x):
+        deviation = (x - x.flatten(1).median(1).values.view(-1, 1, 1, 1)).abs()
+        return {"A_intra": deviation, "A_inter": deviation}
+
+
+def test_refiners_learn_to_find_synthetic_patches_when_the_maps_show_them(tmp_path):
+    # images of one grey level each: a patch from another image stands out in the maps
+    g = torch.Generator().manual_seed(0)
+    make = lambda n: torch.rand(n, 1, 1, 1, generator=g) * 2 - 1 + 0.01 * torch.randn(n, 1, 32, 32, generator=g)  # noqa: E731
+    selection = RefinerSelection(tmp_path, make(30), seed=0)
+    RefinementTrainer("cpu", 3, build_refiners(["dual", "intra"], 0, width=32), DeviationMaps(), make(120), seed=0,
+                      handlers=[selection], scales={"A_intra": 0.1, "A_inter": 0.1}).run()
+    assert selection.best["dual"]["val_auc"] > 0.85 and selection.best["intra"]["val_auc"] > 0.85
