@@ -63,9 +63,6 @@ def evaluation_loader(entries: list[dict], transform, name: str, batch_size: int
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
 
 
-MODALITIES = ("cxr", "brain", "fundus")
-
-
 def for_modality(transforms: dict, modality: str):
     """The preprocessing chain of ``modality`` (config key ``modality``), refusing unknown names."""
     if modality not in transforms:

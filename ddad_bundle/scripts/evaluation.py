@@ -66,10 +66,6 @@ def test_datalist(entries: Sequence[dict]) -> list[dict]:
     return [{k: v for k, v in e.items() if keep or k != "mask"} for e in entries]
 
 
-def has_masks(entries: Sequence[dict]) -> bool:
-    return len(entries) > 0 and all("mask" in e for e in entries)
-
-
 def _pick_scores(name: str):
     return lambda output: (output["scores"][name], output["label"])
 
