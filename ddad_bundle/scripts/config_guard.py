@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import platform
 import shlex
 import sys
@@ -24,6 +23,8 @@ from importlib import metadata
 from pathlib import Path
 
 from monai.bundle import ConfigParser
+
+from .files import write_json_atomic
 
 # Arguments of monai.bundle's ``run`` that are not config overrides.
 _RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
@@ -95,12 +96,16 @@ def _flat_keys(config, prefix: str = "") -> list[str]:
 
 def known_keys(config_files) -> set[str]:
     """Every key, nested ones as 'a#b', that the merged config files define."""
-    return set(_flat_keys(ConfigParser(ConfigParser.load_config_files(config_files)).get()))
+    return set(_flat_keys(ConfigParser.load_config_files(config_files)))
 
 
-def check_overrides(config_files, overrides) -> None:
-    """Raise ``ConfigKeyError`` for an override key that the merged config files do not define."""
-    known = sorted(known_keys(config_files))
+def check_overrides(config_files, overrides, config: dict | None = None) -> None:
+    """Raise ``ConfigKeyError`` for an override key that the merged config files do not define.
+
+    ``config``: the merged files when the caller has loaded them already.
+    """
+    merged = config if config is not None else ConfigParser.load_config_files(config_files)
+    known = sorted(_flat_keys(merged))
     for key in overrides:
         normalized = str(key).replace("::", "#")
         if normalized not in known:
@@ -128,14 +133,11 @@ def record_run(output_dir, seed: int, workflow: str = "") -> Path:
     record = {"workflow": workflow, "seed": int(seed), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
               "command": shlex.join(sys.argv), "versions": package_versions()}
     if invocation and invocation["config_files"]:
-        check_overrides(invocation["config_files"], invocation["overrides"])
-        parser = ConfigParser(ConfigParser.load_config_files(invocation["config_files"]))
+        merged = ConfigParser.load_config_files(invocation["config_files"])
+        check_overrides(invocation["config_files"], invocation["overrides"], merged)
+        parser = ConfigParser(merged)
         parser.update(invocation["overrides"])
         record.update(config_files=[str(Path(f).resolve()) for f in invocation["config_files"]],
                       overrides=invocation["overrides"], config=parser.get())
     path = Path(output_dir) / f"run_record{'_' + workflow if workflow else ''}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(record, path, default=str)

@@ -15,30 +15,16 @@ Example (config)::
 from __future__ import annotations
 
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
+from .files import torch_save_atomic
+
 logger = logging.getLogger("ddad")
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def final_weights_path(ckpt_dir, module: str, member: int) -> Path:
@@ -128,7 +114,7 @@ class MemberCheckpoints:
 
     def save_final(self, engine: Engine) -> None:
         for k, net in enumerate(engine.members):
-            atomic_torch_save(net.state_dict(), final_weights_path(self.ckpt_dir, self.module, k))
+            torch_save_atomic(net.state_dict(), final_weights_path(self.ckpt_dir, self.module, k))
         logger.info("%s: final weights of %d members in %s", self.module, len(engine.members), self.ckpt_dir)
 
 

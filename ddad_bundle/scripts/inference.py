@@ -23,10 +23,8 @@ Example::
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterable
 
@@ -39,11 +37,15 @@ from PIL import Image
 
 from .metrics import threshold_at_specificity
 from .pipeline import DDADPipeline, image_score
-from .reports import write_json_atomic
+from .files import write_csv_atomic, write_json_atomic
 from .transforms import (SUPPORTED_EXTENSIONS, ImageLoadError, LoadMask, LoadMaskd, LoadMedicalImage,
                          LoadMedicalImaged, detect_format, to_nifti_orientation)
 
 logger = logging.getLogger("ddad")
+
+# Columns of scores.csv; volumes' per-slice scores are in summary.json only.
+SUMMARY_COLUMNS = ["file", "status", "score_name", "score", "threshold", "label", "kind", "slices", "map_file",
+                   "overlay_file", "error"]
 
 
 # ----------------------------------------------------------------------------- threshold
@@ -250,18 +252,7 @@ class FolderScorer:
                    "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
                    "n_errors": sum(r["status"] == "error" for r in rows), "files": rows}
         write_json_atomic(summary, out_dir / "summary.json")
-        self._write_csv(rows, out_dir / "scores.csv")
+        write_csv_atomic(rows, out_dir / "scores.csv", SUMMARY_COLUMNS, extrasaction="ignore")
         print(f"scored {summary['n_scored']} of {summary['n_files']} files ({summary['n_abnormal']} abnormal, "
               f"{summary['n_errors']} unreadable); results in {out_dir}")
         return summary
-
-    @staticmethod
-    def _write_csv(rows: list[dict], path: Path) -> None:
-        fields = ["file", "status", "score_name", "score", "threshold", "label", "kind", "slices", "map_file",
-                  "overlay_file", "error"]
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)

@@ -42,12 +42,13 @@ import functools
 import json
 import math
 import operator
-import os
 import pathlib
 import re
 
 import numpy as np
 from PIL import Image
+
+from .files import write_json_atomic
 
 MODALITIES = ("cxr", "brain", "fundus")
 ROLES = ("normal", "validation", "unlabeled", "test")
@@ -826,9 +827,7 @@ def generate_phantom_dataset(out_dir, modality="cxr", n_normal=400, n_validation
     split["unlabeled"] = entries["unlabeled"]
     split["test"] = entries["test"]
     _write_readme(out, description, counts, n_abnormal)
-    tmp = split_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(split, indent=1) + "\n")
-    os.replace(tmp, split_path)  # written last and atomically: a half-made folder never looks complete
+    write_json_atomic(split, split_path, indent=1)  # written last: a half-made folder never looks complete
     return split_path
 
 

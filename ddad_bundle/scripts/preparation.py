@@ -56,8 +56,6 @@ import json
 import os
 import shlex
 import sys
-import tempfile
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +63,8 @@ from typing import Callable
 
 import numpy as np
 
-from scripts.splits import SplitError, build_split, load_split, read_reference_split, save_split
+from .files import atomic_target, write_json_atomic
+from .splits import SplitError, build_split, load_split, read_reference_split, save_split
 
 __all__ = ["PreparationError", "PAPER_SIZES", "DATASETS", "MODALITY", "prepare", "main"]
 
@@ -202,17 +201,24 @@ def _label_file(root: Path, labels, default: str, what: str, hint: str) -> Path:
     return path
 
 
+def _values_by_id(rows: list[dict], id_column: str, value_column: str, strip: bool = True) -> dict[str, set]:
+    """{id: set of the values it has over all its rows} (several rows per image or patient)."""
+    values: dict[str, set] = {}
+    for row in rows:
+        key = row.get(id_column) or ""
+        if key:
+            value = row.get(value_column) or ""
+            values.setdefault(key, set()).add(value.strip() if strip else value)
+    return values
+
+
 def scan_rsna(root: Path, labels=None, **_) -> Scan:
     """RSNA: ``stage_2_detailed_class_info.csv`` (patientId, class) + ``stage_2_train_images/*.dcm``."""
     hint = " (expected the unzipped Kaggle download: stage_2_detailed_class_info.csv and stage_2_train_images/)"
     table = _label_file(root, labels, RSNA_CSV, "class file", hint)
     folder = _child(root, RSNA_IMAGES, "image folder", hint)
     rows = _read_csv(table, ("patientId", "class"))
-    classes_of: dict[str, set] = {}
-    for row in rows:
-        pid = row.get("patientId") or ""
-        if pid:
-            classes_of.setdefault(pid, set()).add(row.get("class") or "")
+    classes_of = _values_by_id(rows, "patientId", "class", strip=False)
     files = _files_by_stem(folder, (".dcm", ".dicom"))
     items, counts, conflicting = [], {}, []
     for pid in sorted(classes_of):
@@ -241,11 +247,7 @@ def scan_vindr(root: Path, labels=None, **_) -> Scan:
     table = _label_file(root, labels, VINDR_CSV, "annotation file", hint)
     folder = _child(root, VINDR_IMAGES, "image folder", hint)
     rows = _read_csv(table, ("image_id", "class_name"))
-    findings: dict[str, set] = {}
-    for row in rows:
-        iid = row.get("image_id") or ""
-        if iid:
-            findings.setdefault(iid, set()).add((row.get("class_name") or "").strip())
+    findings = _values_by_id(rows, "image_id", "class_name")
     files = _files_by_stem(folder, (".dicom", ".dcm"))
     items, per_finding = [], {}
     n_normal = n_abnormal = 0
@@ -379,14 +381,8 @@ def _resize_to_8bit(arr: np.ndarray, size: int) -> np.ndarray:
 def _write_png_atomic(array: np.ndarray, dst: Path) -> None:
     from PIL import Image
 
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_target(dst) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, dst)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
 
 
 def _convert_one(item: Item, dst: Path, size: int, channels: int) -> tuple[str, str | None]:
@@ -673,17 +669,7 @@ def _api_command(dataset, source, out, locals_) -> str:
 def _write_report(out: Path, report: dict, stats: dict) -> None:
     report["conversion"] = {"converted": stats["converted"], "already_done": stats["done"],
                             "unreadable": len(report.get("unreadable") or [])}
-    out.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out, prefix=".prepare_report.json.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1, default=str)
-            f.write("\n")
-        os.replace(tmp, out / "prepare_report.json")
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json_atomic(report, out / "prepare_report.json", indent=1, default=str)
 
 
 # ----------------------------------------------------------------------------------------------

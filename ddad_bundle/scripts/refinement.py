@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -43,7 +42,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from .ensemble import member_seeds
-from .handlers import atomic_torch_save
+from .files import torch_save_atomic, write_json_atomic
 from .losses import asr_focal_loss
 from .networks import ASRNet
 from .scores import discrepancy_maps
@@ -246,7 +245,7 @@ class RefinerSelection:
             engine.state.metrics[f"val_{REFINER_SCORES[name]}_auc"] = auc
             if name not in self.best or auc > self.best[name]["val_auc"]:
                 self.best[name] = {"val_auc": auc, "epoch": engine.state.epoch}
-                atomic_torch_save({"state_dict": refiner.state_dict(), "scales": engine.scales,
+                torch_save_atomic({"state_dict": refiner.state_dict(), "scales": engine.scales,
                                    "inputs": list(REFINER_INPUTS[name])}, self.ckpt_dir / f"asr_{name}.pt")
                 improved = True
             logger.info("asr %s: epoch %d validation AUC %.4f (best %.4f at epoch %d)", name, engine.state.epoch,
@@ -258,10 +257,7 @@ class RefinerSelection:
         record = {"selection": "image-level AUC on held-out known normals with seeded synthetic anomalies",
                   "validation_images": int(len(self.images)), "validation_with_anomaly": int(self.image_labels.sum()),
                   "refiners": self.best}
-        path = self.ckpt_dir / "asr_selection.json"
-        tmp = path.with_name(".asr_selection.json.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_json_atomic(record, self.ckpt_dir / "asr_selection.json")
 
 
 def load_refiner(ckpt_dir, name: str, device="cpu", width: int = 128):

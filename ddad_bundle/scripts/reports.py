@@ -15,10 +15,7 @@ Example (config)::
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +23,11 @@ from ignite.engine import Engine, Events
 from sklearn.metrics import roc_auc_score
 
 from .figures import map_panel, score_histograms
+from .files import write_csv_atomic, write_json_atomic
 from .metrics import chi2_histogram_distance, summarize_scores
 from .scores import ALL_SCORES
 
 logger = logging.getLogger("ddad")
-
-
-def write_json_atomic(obj, path: Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
-    return path
 
 
 def format_table(metrics: dict) -> str:
@@ -147,7 +136,7 @@ class ScoreReport:
             raise RuntimeError("evaluation saw no test images; check the split's 'test' set")
         self.metrics = self.summarize(engine)
         path = write_json_atomic(self.metrics, self.output_dir / "metrics.json")
-        self.write_csv(self.output_dir / "scores.csv")
+        write_csv_atomic(self.rows, self.output_dir / "scores.csv")
         if self.figures:
             self.write_figures()
         if self.print_table:
@@ -162,11 +151,3 @@ class ScoreReport:
         samples = sorted(self.samples, key=lambda s: s["label"])
         if samples and samples[0]["image"] is not None:
             map_panel(samples, self.output_dir / "maps.png")
-
-    def write_csv(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(self.rows[0].keys()))
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(tmp, path)

@@ -40,11 +40,12 @@ import json
 import math
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from .files import write_json_atomic
 
 FORMAT = "ddad-split/1"
 SETS = ("normal", "validation", "unlabeled", "test")
@@ -551,7 +552,7 @@ def save_split(split, path) -> Path:
         describe.setdefault(name, [])
     _check_sets(sets, describe, where)
     _check_declared_rate(data.get("anomaly_rate"), sets["unlabeled"], where)
-    _write_atomic(path, json.dumps(out, indent=1) + "\n")
+    write_json_atomic(out, path, indent=1)
     return path
 
 
@@ -564,19 +565,6 @@ def _relative_entry(e: dict, folder: Path) -> dict:
             except ValueError:  # another drive on Windows: no relative path exists
                 pass
     return e
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -707,8 +695,8 @@ def _summary(split: Split) -> str:
 
 
 if __name__ == "__main__":
-    # python scripts/splits.py SPLIT.json                 -> check a ddad-split/1 file, print its counts
-    # python scripts/splits.py DATA.json --reference DIR  -> the same for a reference-format file
+    # python -m scripts.splits SPLIT.json                 -> check a ddad-split/1 file, print its counts
+    # python -m scripts.splits DATA.json --reference DIR  -> the same for a reference-format file
     args = sys.argv[1:]
     try:
         if len(args) == 3 and args[1] == "--reference":
@@ -716,6 +704,6 @@ if __name__ == "__main__":
         elif len(args) == 1:
             print(_summary(load_split(args[0])))
         else:
-            sys.exit("usage: splits.py SPLIT.json | splits.py DATA.json --reference IMAGE_DIR")
+            sys.exit("usage: python -m scripts.splits SPLIT.json | python -m scripts.splits DATA.json --reference IMAGE_DIR")
     except SplitError as e:
         sys.exit(f"error: {e}")
