@@ -106,8 +106,7 @@ class DiscrepancyEvaluator(Evaluator):
         image = batchdata["image"]
         x = torch.as_tensor(image).to(engine.state.device)
         with torch.no_grad(), engine.mode(self.pipeline):
-            maps = self.pipeline(x)
-            member_scores = self.pipeline.member_scores(x)
+            maps, member_scores = self.pipeline.maps_and_member_scores(x)
         meta = getattr(image, "meta", {})
         return {
             "image": x,

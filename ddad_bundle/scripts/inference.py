@@ -36,8 +36,9 @@ from monai.transforms import Compose, Resize
 from PIL import Image
 
 from .metrics import threshold_at_specificity
-from .pipeline import DDADPipeline, image_score
+from .pipeline import DDADPipeline
 from .files import write_csv_atomic, write_json_atomic
+from .scores import image_score
 from .transforms import (SUPPORTED_EXTENSIONS, ImageLoadError, LoadMask, LoadMaskd, LoadMedicalImage,
                          LoadMedicalImaged, detect_format, to_nifti_orientation)
 

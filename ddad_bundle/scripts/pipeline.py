@@ -68,8 +68,8 @@ class DDADPipeline(nn.Module):
         udm = torch.stack([m(x) for m in self.udm]) if len(self.udm) else None
         return ndm, udm
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        ndm, udm = self.stage1(x)
+    def maps_from(self, x: torch.Tensor, ndm: torch.Tensor, udm: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """All maps from the stage-1 outputs of ``x``; the ASR-Nets refine them."""
         maps = discrepancy_maps(x, ndm, udm, self.heteroscedastic)
         for name in ("intra", "dual"):
             if name in self.refiners:
@@ -77,15 +77,13 @@ class DDADPipeline(nn.Module):
                 maps[REFINER_SCORES[name]] = torch.softmax(logits, dim=1)[:, 1:2]
         return maps
 
-    def member_scores(self, x: torch.Tensor) -> torch.Tensor:
-        """Each NDM member's own image-level A_rec (K, B)."""
-        ndm, _ = self.stage1(x)
-        return member_rec_scores(x, ndm, self.heteroscedastic)
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return self.maps_from(x, *self.stage1(x))
 
-
-def image_score(maps: Dict[str, torch.Tensor], name: str) -> torch.Tensor:
-    """(B,) spatial mean of one map."""
-    return maps[name].flatten(1).mean(dim=1)
+    def maps_and_member_scores(self, x: torch.Tensor):
+        """The maps and each NDM member's own image-level A_rec (K, B), from one stage-1 pass."""
+        ndm, udm = self.stage1(x)
+        return self.maps_from(x, ndm, udm), member_rec_scores(x, ndm, self.heteroscedastic)
 
 
 class DeployedPipeline(nn.Module):

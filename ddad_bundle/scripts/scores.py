@@ -87,6 +87,11 @@ def member_rec_scores(x: torch.Tensor, ndm: torch.Tensor, heteroscedastic: bool 
     return error.flatten(2).mean(dim=2)
 
 
+def image_score(maps: Dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """Image score (B,) of one map: its mean over pixels."""
+    return maps[name].flatten(1).mean(dim=1)
+
+
 def image_scores(maps: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """Image score (B,) of every map: its mean over pixels."""
-    return {name: m.flatten(1).mean(dim=1) for name, m in maps.items()}
+    """Image score (B,) of every map."""
+    return {name: image_score(maps, name) for name in maps}
