@@ -80,6 +80,16 @@ def lr_schedulers(optimizers, schedule: str, total_steps: int):
     return [torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for optimizer in optimizers]
 
 
+def bf16_autocast(enabled: bool, device: torch.device):
+    """bf16 autocast for a forward pass when ``enabled`` (config key ``amp``), else a no-op.
+
+    bf16 needs no loss scaling, unlike fp16, and is supported by recent CPUs and GPUs alike.
+    """
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
 def shuffle_order(num_items: int, member_seed: int, epoch: int) -> torch.Tensor:
     """The permutation of the training pool that a member uses in ``epoch`` (see module docstring)."""
     generator = torch.Generator().manual_seed(int(member_seed) * 100_003 + int(epoch))
@@ -172,19 +182,13 @@ class EnsembleTrainer(Trainer):
         for handler in handlers or []:
             handler.attach(self)
 
-    def _autocast(self):
-        if not self.amp:
-            return contextlib.nullcontext()
-        # bf16 needs no loss scaling, unlike fp16, and is supported by recent CPUs and GPUs alike.
-        return torch.autocast(device_type=self.state.device.type, dtype=torch.bfloat16)
-
     def _iteration(self, engine, batchdata: dict) -> dict:
         images = batchdata["image"].to(engine.state.device, non_blocking=engine.non_blocking)
         losses = []
         for k, (net, optimizer) in enumerate(zip(self.members, self.optimizers)):
             net.train()
             optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
+            with bf16_autocast(self.amp, self.state.device):
                 loss = self.objective(net, images[k])
             loss.backward()
             optimizer.step()

@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from pathlib import Path
@@ -41,7 +40,7 @@ from monai.engines import Trainer
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from .ensemble import member_seeds
+from .ensemble import MemberBatches, bf16_autocast, member_seeds
 from .files import torch_save_atomic, write_json_atomic
 from .losses import asr_focal_loss
 from .networks import ASRNet
@@ -146,49 +145,39 @@ class RefinementTrainer(Trainer):
             raise ValueError(f"stage 2 needs at least 2 known-normal images, got {images.shape[0]}")
         if batch_size < 2:
             raise ValueError(f"asr_batch_size must be >= 2 (synthesis takes donors from the batch), got {batch_size}")
-        self.batch_size = min(batch_size, images.shape[0])
+        # The known normals are shuffled like a one-member ensemble seeded with the ASR seed.
+        self.seed = member_seeds(seed, "asr", 1)[0]
+        batches = MemberBatches(images, [self.seed], batch_size, name="known normals (stage 2)")
         device = torch.device(device)
-        super().__init__(device=device, max_epochs=max_epochs, data_loader=range(self._batches(images)),
-                         epoch_length=self._batches(images), handlers=None, amp=amp, decollate=False)
-        self.images = images
+        super().__init__(device=device, max_epochs=max_epochs, data_loader=batches, epoch_length=len(batches),
+                         handlers=None, amp=amp, decollate=False)
+        self.batches = batches
         self.refiners = nn.ModuleDict(refiners).to(device)
         self.members = list(self.refiners.values())
         self.optimizers = [torch.optim.Adam(r.parameters(), lr=learning_rate, weight_decay=weight_decay)
                            for r in self.members]
         self.extractor = extractor.to(device)
         self.loss = asr_focal_loss()
-        self.seed = int(seed) + 2000
         self.scales = scales if scales is not None else map_scales(self.extractor, images.to(device))
         self.module = "asr"
-        self.add_event_handler(Events.EPOCH_STARTED, self._shuffle)
+        self.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
         for handler in handlers or []:
             handler.attach(self)
 
-    def _batches(self, images: torch.Tensor) -> int:
-        full, rest = divmod(images.shape[0], min(self.batch_size, images.shape[0]))
-        return full + (1 if rest >= 2 else 0)
-
-    def _shuffle(self, engine: Engine) -> None:
+    def _start_epoch(self, engine: Engine) -> None:
         epoch = engine.state.epoch
-        self._order = torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
+        self.batches.set_epoch(epoch)
         self._synthesis = torch.Generator().manual_seed(self.seed * 100_003 + 50_000 + epoch)
 
-    def _autocast(self):
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.state.device.type, dtype=torch.bfloat16)
-
     def _iteration(self, engine: Engine, batchdata) -> dict:
-        i = (engine.state.iteration - 1) % engine.state.epoch_length
-        index = self._order[i * self.batch_size : (i + 1) * self.batch_size]
-        images, labels, _ = synthesize_batch(self.images[index], self._synthesis)
+        images, labels, _ = synthesize_batch(batchdata["image"][0], self._synthesis)
         images, labels = images.to(engine.state.device), labels.to(engine.state.device)
         maps = self.extractor(images)
         losses = {}
         for (name, refiner), optimizer in zip(self.refiners.items(), self.optimizers):
             refiner.train()
             optimizer.zero_grad(set_to_none=True)
-            with self._autocast():
+            with bf16_autocast(self.amp, engine.state.device):
                 logits = refiner(refiner_input(maps, name, self.scales))
             loss = self.loss(logits.float(), labels)
             loss.backward()
@@ -223,6 +212,7 @@ class RefinerSelection:
         self.image_labels = (self.labels.flatten(1).amax(1) > 0).long()
         self.val_every = val_every
         self.best: Dict[str, dict] = {}
+        self._maps: Optional[Dict[str, torch.Tensor]] = None
 
     def attach(self, engine: Engine) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +227,9 @@ class RefinerSelection:
             self.best = json.loads(path.read_text()).get("refiners", {})
 
     def validate(self, engine: Engine) -> None:
-        maps = engine.extractor(self.images.to(engine.state.device))
+        if self._maps is None:  # stage 1 is frozen and the validation set fixed: compute the maps once
+            self._maps = engine.extractor(self.images.to(engine.state.device))
+        maps = self._maps
         improved = False
         for name, refiner in engine.refiners.items():
             scores = refined_scores(refiner, maps, name, engine.scales).cpu().numpy()
