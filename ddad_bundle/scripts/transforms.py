@@ -578,7 +578,19 @@ class LoadMedicalImage(Transform):
         )
 
 
-class LoadMedicalImaged(MapTransform):
+class _PerKey(MapTransform):
+    """Dictionary version of an array transform: applies ``self.transform`` to each key's value."""
+
+    transform: Transform
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key])
+        return d
+
+
+class LoadMedicalImaged(_PerKey):
     """Dictionary version of :class:`LoadMedicalImage`: replaces each path under ``keys``."""
 
     def __init__(
@@ -591,13 +603,8 @@ class LoadMedicalImaged(MapTransform):
         robust_clip: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadMedicalImage(channels, nifti_slice, voi_window, robust_clip)
+        self.transform = LoadMedicalImage(channels, nifti_slice, voi_window, robust_clip)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
-        return d
 
 
 class LoadMask(Transform):
@@ -613,7 +620,7 @@ class LoadMask(Transform):
         return load_mask(_check_path_input(path, type(self).__name__), self.threshold, self.nifti_slice)
 
 
-class LoadMaskd(MapTransform):
+class LoadMaskd(_PerKey):
     """Dictionary version of :class:`LoadMask`."""
 
     def __init__(
@@ -624,13 +631,8 @@ class LoadMaskd(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadMask(threshold, nifti_slice)
+        self.transform = LoadMask(threshold, nifti_slice)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.loader(d[key])
-        return d
 
 
 class ScaleToSymmetricRange(Transform):
@@ -676,7 +678,7 @@ def _source_name(img: Any) -> str:
     return str(name) if name else "<image without filename>"
 
 
-class ScaleToSymmetricRanged(MapTransform):
+class ScaleToSymmetricRanged(_PerKey):
     """Dictionary version of :class:`ScaleToSymmetricRange`."""
 
     backend = ScaleToSymmetricRange.backend
@@ -689,10 +691,5 @@ class ScaleToSymmetricRanged(MapTransform):
         allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.scaler = ScaleToSymmetricRange(minv, maxv)
+        self.transform = ScaleToSymmetricRange(minv, maxv)
 
-    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.scaler(d[key])
-        return d
