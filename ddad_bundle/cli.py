@@ -89,10 +89,11 @@ def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=Non
     from monai.bundle import run
 
     from scripts import config_guard
+    from scripts.data import root_cause
 
     overrides = dict(overrides or {})
     files = config_files_for(workflow, extra_configs)
-    config_guard.check_overrides(files, overrides)
+    # The configs' `initialize` step checks these overrides (config_guard.record_run) before any work.
     config_guard.set_invocation(files, overrides)
     try:
         run(
@@ -105,17 +106,9 @@ def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=Non
     except RuntimeError as error:
         # MONAI reports a failing config expression as 'Failed to evaluate ...'; the error
         # underneath names the file or key and the problem, so that is the one to raise.
-        raise user_error(error) from error
+        raise root_cause(error) from error
     finally:
         config_guard.clear_invocation()
-
-
-def user_error(error: BaseException) -> BaseException:
-    """The innermost error under MONAI's RuntimeError wrappers."""
-    inner = error
-    while isinstance(inner, RuntimeError) and inner.__cause__ is not None:
-        inner = inner.__cause__
-    return inner
 
 
 def run_workflows(workflows: list[str], overrides: dict, extra_configs=None) -> None:
