@@ -674,6 +674,19 @@ def _resample_reference(sets, rate, resample_seed, val_fraction, seed, check_fil
     return _finish(drawn, raw, describe, meta, where, where, image_dir, val_fraction, seed, check_files)
 
 
+def prepared_split_file(data_dir, dataset: str) -> str:
+    """``<data_dir>/split.json`` as written by ``python -m scripts.preparation <dataset>``, or a
+    SplitError naming the config key and the command that makes it (used by configs/datasets/*.json)."""
+    make = f"python -m scripts.preparation {dataset} --source <download> --out <folder>"
+    if not os.path.isdir(str(data_dir)):
+        raise SplitError(f"config key 'data_dir' is {str(data_dir)!r}, not a folder: give --data_dir, the "
+                         f"--out folder of `{make}` (docs/datasets.md)")
+    path = os.path.join(os.path.abspath(data_dir), "split.json")
+    if not os.path.isfile(path):
+        raise SplitError(f"{path}: no such file; config key 'data_dir' must be the --out folder of `{make}`")
+    return path
+
+
 # ----------------------------------------------------------------------------------------------
 # MONAI datalists
 

@@ -1,0 +1,599 @@
+"""The papers' experiments as commands: the anomaly-rate sweep and the backbone table.
+
+- ``ar_sweep`` (DDAD-ASR, Medical Image Analysis 2023, Fig. 5): one backbone, D_u at anomaly
+  rates 0, 20, ..., 100% with one fixed size |D_u|; AUC of A_rec, A_intra, A_inter, R_intra,
+  R_dual against AR. Writes ``<out>/ar_sweep.csv``, ``.md`` and ``.png`` (AUC vs AR per score).
+- ``backbones`` (same paper, Table 3): AE, MemAE and AE-U at one AR (default 0.6); AUC of the six
+  scores A_rec, A_rec_ensemble, A_intra, A_inter, R_intra, R_dual. Writes ``<out>/backbones.csv``
+  and ``.md``.
+
+Each cell (one AR or backbone, one seed) is a complete bundle run, ``training``, ``training_asr``
+and ``evaluating`` through ``ddad_bundle.cli.run_workflows`` with the dataset's config
+(``configs/datasets/<name>.json``), in its own folder ``<out>/cells/<cell>/``; its AUCs are read
+from ``eval/metrics.json``. A cell whose ``metrics.json`` exists is not run again, and an
+interrupted cell resumes from the bundle's own checkpoints, so rerunning a command loses no
+finished work. A cell folder records its settings (``cell.json``); rerunning it with other settings
+is refused rather than mixing two protocols in one table. With several ``--seeds`` a table entry
+is ``mean ± std`` (sample standard deviation, ddof 1) over seeds; the seeds change the training
+(member initialization, shuffling, synthetic anomalies), not the data split, which is drawn once
+with ``--split_seed``.
+
+Splits of the AR sweep: the dataset's images are two labeled pools (normal, abnormal). One
+:func:`scripts.splits.build_split` draw with ``--split_seed`` fixes D_n, the validation set and
+the test set and sets aside a D_u reservoir of |D_u| normals and |D_u| abnormals; D_u at rate AR
+is then the first ``|D_u| (1 - AR)`` reservoir normals and the first ``|D_u| AR`` reservoir
+abnormals in one seeded order. So everything but D_u's composition is identical at every AR, and
+|D_u| defaults to the largest size feasible at every AR: the smaller of the normal and abnormal
+images left for D_u, rounded down so that every ``AR x |D_u|`` is whole. A size the pools cannot
+give is refused with the numbers.
+
+Data sets (``--dataset``): ``phantom`` (generated with lesion masks, every image a distinct
+subject; the pools are generated once per ``--split_seed`` and sizes), ``kermany`` (the pediatric
+chest X-rays of ``../shared/data/cxr_kermany_pneumonia``, pooled by patient), ``folder`` (a folder
+tree: ``normal/`` and ``test/normal/`` are normal, ``abnormal/`` and ``test/abnormal/`` abnormal;
+``unlabeled/`` has no labels and is not used by the sweep) and the prepared data sets ``rsna``,
+``vindr``, ``brain_tumor``, ``lag`` (every labeled image of the ``split.json`` that
+``python -m scripts.preparation`` wrote; the backbone table uses that split as is, the paper's
+repartition).
+
+Example::
+
+    python -m ddad_bundle experiment ar_sweep --dataset phantom --seeds 0 1 2 --epochs 30 --asr_epochs 10
+    python -m ddad_bundle experiment backbones --dataset rsna --data_dir /data/ddad/rsna --seeds 0
+    python -m ddad_bundle experiment ar_sweep --dataset phantom --epochs 1 --asr_epochs 1 \\
+        --n_normal 40 --image_size 32            # any further --key value goes to the workflows
+
+From Python: ``prepare(...)`` / ``ar_sweep(...)`` / ``backbone_table(...)`` (see their docstrings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from .files import write_csv_atomic, write_json_atomic, write_text_atomic
+from .scores import ALL_SCORES
+from .splits import build_split, load_split, prepared_split_file, save_split, unlabeled_abnormal_count
+from .transforms import SUPPORTED_EXTENSIONS
+
+BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+DATASET_CONFIGS = BUNDLE_ROOT / "configs" / "datasets"
+KERMANY_DIR = BUNDLE_ROOT.parents[1] / "shared" / "data" / "cxr_kermany_pneumonia"
+PREPARED = ("rsna", "vindr", "brain_tumor", "lag")
+DATASETS = ("phantom", "kermany", "folder") + PREPARED
+MODALITIES = {"phantom": "cxr", "kermany": "cxr", "folder": "cxr", "rsna": "cxr", "vindr": "cxr",
+              "brain_tumor": "brain", "lag": "fundus"}
+AR_STEPS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+BACKBONES = ("ae", "memae", "aeu")
+BACKBONE_NAMES = {"ae": "AE", "memae": "MemAE", "aeu": "AE-U"}
+SWEEP_SCORES = ("A_rec", "A_intra", "A_inter", "R_intra", "R_dual")
+TABLE_SCORES = ALL_SCORES
+WORKFLOWS = ["training", "training_asr", "evaluating"]
+SIZE_KEYS = ("n_normal", "n_validation", "n_test_normal", "n_test_abnormal")
+# Data sets with paper-like sizes of their own; folder and prepared sets derive theirs from the data.
+DEFAULT_SIZES = {
+    "phantom": dict(n_normal=400, n_validation=40, n_test_normal=100, n_test_abnormal=100, n_unlabeled=400),
+    "kermany": dict(n_normal=540, n_validation=60, n_test_normal=300, n_test_abnormal=300, n_unlabeled=1000),
+}
+_RESERVOIR_STREAM = 7  # the reservoir order comes from default_rng([split_seed, 7])
+
+
+class ExperimentError(ValueError):
+    """An experiment request that cannot be carried out; the message names the numbers or the file."""
+
+
+# ----------------------------------------------------------------------------------------------
+# data sources: labeled pools and the settings every cell of a data set shares
+
+
+@dataclass
+class Source:
+    """One data set as an experiment sees it.
+
+    ``normal`` / ``abnormal``: labeled pools (split entries, ``patient_id`` kept); ``sizes``: D_n,
+    validation and test sizes (and ``n_unlabeled`` for the backbone table); ``settings``: workflow
+    overrides shared by every cell (dataset, modality, data_dir); ``config``: the dataset config
+    file; ``own_split``: for prepared and folder data, the backbone table uses the config's split.
+    """
+
+    name: str
+    normal: list[dict]
+    abnormal: list[dict]
+    sizes: dict
+    settings: dict
+    config: Path | None
+    own_split: bool = False
+    description: str = ""
+
+
+def patient_id(name: str) -> str:
+    """Kermany patient of a file: ``personN`` (pneumonia), ``IM-XXXX`` / ``NORMAL2-IM-XXXX`` (normal)."""
+    stem = Path(name).name
+    person = re.match(r"(person\d+)_", stem)
+    if person:
+        return person.group(1)
+    normal = re.match(r"((?:NORMAL2-)?IM-\d+)", stem)
+    return normal.group(1) if normal else stem
+
+
+def kermany_pools(data_dir=KERMANY_DIR) -> tuple[list[dict], list[dict]]:
+    """Normal and pneumonia entries of the Kermany set from its ``manifest.csv``, with patient ids."""
+    data_dir = Path(data_dir)
+    manifest = data_dir / "manifest.csv"
+    if not manifest.is_file():
+        raise ExperimentError(f"{manifest}: no such file (the Kermany data set is read from {data_dir}; "
+                              "give --data_dir)")
+    normal, abnormal = [], []
+    with open(manifest, newline="") as f:
+        for row in csv.DictReader(f):
+            entry = {"image": str(data_dir / row["file"]), "patient_id": patient_id(row["file"])}
+            (normal if row["label"] == "normal" else abnormal).append(entry)
+    return normal, abnormal
+
+
+def phantom_pools(folder, modality: str, n_normal: int, n_abnormal: int, size: int, seed: int):
+    """Labeled phantom pools, generated once: every image in the generator's test role, so all carry masks."""
+    from .phantoms import generate_phantom_dataset
+
+    split_file = generate_phantom_dataset(folder, modality=modality, n_normal=1, n_validation=0, n_unlabeled=0,
+                                          anomaly_rate=0.0, n_test_normal=n_normal, n_test_abnormal=n_abnormal,
+                                          size=size, seed=seed)
+    root = Path(split_file).parent
+    test = _load_json(Path(split_file))["test"]  # the generator's one 'normal' image is not used
+
+    def entry(e):
+        return {"image": str(root / e["image"]), "mask": str(root / e["mask"]), "patient_id": e["patient_id"]}
+
+    return [entry(e) for e in test if e["label"] == 0], [entry(e) for e in test if e["label"] == 1]
+
+
+def _images(folder: Path) -> list[dict]:
+    if not folder.is_dir():
+        return []
+    return [{"image": str(p)} for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name.lower().endswith(tuple(SUPPORTED_EXTENSIONS))]
+
+
+def folder_pools(root) -> tuple[list[dict], list[dict], dict]:
+    """Pools of a folder tree and its default sizes: its test folders' sizes, half its normal/ as D_n."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ExperimentError(f"{root}: not a folder (--data_dir)")
+    train_normal, test_normal = _images(root / "normal"), _images(root / "test" / "normal")
+    abnormal = _images(root / "abnormal") + _images(root / "test" / "abnormal")
+    if not (train_normal + test_normal) or not abnormal:
+        raise ExperimentError(f"{root}: experiments need labeled images: normal/ (and test/normal/) and "
+                              "abnormal/ or test/abnormal/; found "
+                              f"{len(train_normal + test_normal)} normal and {len(abnormal)} abnormal")
+    n_normal = max(1, len(train_normal) // 2)  # the other half stays free for D_u
+    sizes = dict(n_normal=n_normal, n_validation=max(1, round(0.1 * n_normal)),
+                 n_test_normal=len(test_normal), n_test_abnormal=len(_images(root / "test" / "abnormal")))
+    return train_normal + test_normal, abnormal, sizes
+
+
+def prepared_pools(data_dir, dataset: str) -> tuple[list[dict], list[dict], dict]:
+    """Pools of a prepared data set (every labeled image of its split.json) and that split's sizes."""
+    path = prepared_split_file(data_dir, dataset)
+    split = load_split(path)
+    unlabeled = split.unlabeled
+    if any("label" not in e for e in unlabeled):
+        raise ExperimentError(f"{path}: D_u entries without 'label': the experiments need labeled pools")
+    keep = lambda e: {k: v for k, v in e.items() if k in ("image", "patient_id")}  # noqa: E731
+    d_n = split.normal + split.validation + split.dropped
+    normal = d_n + [e for e in unlabeled + split.test if e["label"] == 0]
+    abnormal = [e for e in unlabeled + split.test if e["label"] == 1]
+    n_normal = len(d_n) - max(1, round(0.1 * len(d_n)))
+    sizes = dict(n_normal=n_normal, n_validation=len(d_n) - n_normal, n_unlabeled=len(unlabeled),
+                 n_test_normal=split.counts()["test_normal"], n_test_abnormal=split.counts()["test_abnormal"])
+    return [keep(e) for e in normal], [keep(e) for e in abnormal], sizes
+
+
+def prepare(dataset: str, out, data_dir=None, modality: str | None = None, split_seed: int = 0,
+            sizes: dict | None = None, phantom_size: int = 128) -> Source:
+    """The :class:`Source` of ``dataset``; ``sizes`` overrides its default D_n, validation, test, |D_u|."""
+    if dataset not in DATASETS:
+        raise ExperimentError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    modality = modality or MODALITIES[dataset]
+    asked = {k: v for k, v in (sizes or {}).items() if v is not None}
+    settings = {"dataset": dataset, "modality": modality}
+    # Kermany has no dataset config: the experiment draws its split and sets dataset and modality itself
+    config = None if dataset == "kermany" else DATASET_CONFIGS / f"{dataset}.json"
+    if dataset == "phantom":
+        s = dict(DEFAULT_SIZES["phantom"], **asked)
+        folder = Path(out) / "data" / f"{modality}_phantom_pools"
+        u = s["n_unlabeled"]
+        normal, abnormal = phantom_pools(folder, modality, s["n_test_normal"] + s["n_validation"] + s["n_normal"] + u,
+                                         s["n_test_abnormal"] + u, phantom_size, split_seed)
+        return Source(dataset, normal, abnormal, s, settings, config,
+                      description=f"{modality} phantoms ({phantom_size} px, generator seed {split_seed})")
+    if dataset == "kermany":
+        data_dir = Path(data_dir or KERMANY_DIR)
+        normal, abnormal = kermany_pools(data_dir)
+        return Source(dataset, normal, abnormal, dict(DEFAULT_SIZES["kermany"], **asked), settings, config,
+                      description=f"Kermany pediatric CXR ({data_dir}), patient-disjoint")
+    if data_dir is None:
+        raise ExperimentError(f"--dataset {dataset} needs --data_dir "
+                              + ("(a folder tree)" if dataset == "folder" else
+                                 f"(the --out folder of `python -m scripts.preparation {dataset}`)"))
+    data_dir = os.path.abspath(data_dir)
+    normal, abnormal, s = folder_pools(data_dir) if dataset == "folder" else prepared_pools(data_dir, dataset)
+    return Source(dataset, normal, abnormal, dict(s, **asked), dict(settings, data_dir=data_dir), config,
+                  own_split=True, description=f"{dataset} from {data_dir}")
+
+
+# ----------------------------------------------------------------------------------------------
+# splits
+
+
+def _drop_masks(split: dict) -> dict:
+    # only the test set's masks are used (pixel AUROC); a mask on a training entry would be loaded for nothing
+    for name in ("normal", "validation", "unlabeled"):
+        if name in split:
+            split[name] = [{k: v for k, v in e.items() if k != "mask"} for e in split[name]]
+    return split
+
+
+def _fixed_sizes(source: Source) -> dict:
+    return {k: source.sizes[k] for k in SIZE_KEYS}
+
+
+def _group(e: dict):
+    return ("p", str(e["patient_id"])) if "patient_id" in e else ("i", e["image"])
+
+
+def free_for_unlabeled(source: Source, split_seed: int) -> tuple[int, int]:
+    """Normal and abnormal images left for D_u once D_n, validation and test are drawn (by patient)."""
+    fixed = build_split(source.normal, source.abnormal, n_unlabeled=0, anomaly_rate=0.0, seed=split_seed,
+                        **_fixed_sizes(source))
+    used = {_group(e) for name in ("normal", "validation", "test") for e in fixed.get(name, [])}
+    return (sum(_group(e) not in used for e in source.normal), sum(_group(e) not in used for e in source.abnormal))
+
+
+def _grid_step(ars) -> int:
+    """Smallest |D_u| for which every AR x |D_u| is whole (5 for steps of 20%)."""
+    return math.lcm(*(Fraction(ar).limit_denominator(1000).denominator for ar in ars))
+
+
+def sweep_size(source: Source, ars, split_seed: int, n_unlabeled: int | None = None) -> dict:
+    """|D_u| for the sweep: the given size, checked, or the largest feasible at every AR."""
+    free_n, free_a = free_for_unlabeled(source, split_seed)
+    s = source.sizes
+    why = (f"the normal pool has {len(source.normal)} images, of which {free_n} are left for D_u after "
+           f"{s['n_test_normal']} test normals, {s['n_validation']} validation and {s['n_normal']} D_n; the "
+           f"abnormal pool has {len(source.abnormal)}, of which {free_a} are left after {s['n_test_abnormal']} "
+           "test abnormals")
+    step = _grid_step(ars)
+    if n_unlabeled is None:
+        # a D_u at rate AR needs (1 - AR)|D_u| normals and AR |D_u| abnormals
+        limit = min(free_n if min(ars) < 1 else math.inf, free_a if max(ars) > 0 else math.inf)
+        n_unlabeled = int(limit // step * step) if limit != math.inf else 0
+        if n_unlabeled < 1:
+            raise ExperimentError(f"no |D_u| is feasible at every AR of {list(ars)}: {why}")
+    for ar in ars:
+        k = unlabeled_abnormal_count(float(ar), n_unlabeled, "AR sweep")
+        for need, have, kind in ((n_unlabeled - k, free_n, "normal"), (k, free_a, "abnormal")):
+            if need > have:
+                raise ExperimentError(f"|D_u| = {n_unlabeled} is infeasible at AR {ar:.0%}: it needs {need} "
+                                      f"{kind} images for D_u and {have} are available ({why})")
+    return {"n_unlabeled": n_unlabeled, "free_normal": free_n, "free_abnormal": free_a, "explanation": why}
+
+
+def sweep_splits(source: Source, ars, n_unlabeled: int, split_seed: int, folder) -> dict[float, Path]:
+    """One split file per AR, from one draw: same D_n, validation and test; D_u nested subsets of a reservoir."""
+    base = _drop_masks(build_split(source.normal, source.abnormal, n_unlabeled=2 * n_unlabeled, anomaly_rate=0.5,
+                                   seed=split_seed, **_fixed_sizes(source)))
+    rng = np.random.default_rng([split_seed, _RESERVOIR_STREAM])
+    reservoir = {label: [e for e in base["unlabeled"] if e["label"] == label] for label in (0, 1)}
+    order = {label: [entries[i] for i in rng.permutation(len(entries))] for label, entries in reservoir.items()}
+    out = {}
+    for ar in ars:
+        k = unlabeled_abnormal_count(float(ar), n_unlabeled, "AR sweep")
+        split = dict(base, anomaly_rate=float(ar), unlabeled=order[0][:n_unlabeled - k] + order[1][:k],
+                     description=f"AR sweep on {source.description}: D_u {n_unlabeled} at AR {ar} "
+                                 f"({k} abnormal), split seed {split_seed}")
+        out[ar] = save_split(split, Path(folder) / f"ar_{round(100 * ar):03d}.json")
+    return out
+
+
+def backbone_split(source: Source, anomaly_rate: float, split_seed: int, folder) -> Path | None:
+    """The backbone table's split: drawn from the pools, or None where the config's own split is used."""
+    if source.own_split:
+        return None
+    split = build_split(source.normal, source.abnormal, n_unlabeled=source.sizes["n_unlabeled"],
+                        anomaly_rate=anomaly_rate, seed=split_seed, **_fixed_sizes(source),
+                        description=f"backbone table on {source.description}, split seed {split_seed}")
+    return save_split(_drop_masks(split), Path(folder) / f"backbones_ar_{round(100 * anomaly_rate):03d}.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# cells
+
+
+@dataclass
+class Cell:
+    """One complete bundle run (training, training_asr, evaluating) of an experiment table."""
+
+    name: str
+    folder: Path
+    settings: dict
+    config: Path | None
+
+    @property
+    def metrics_file(self) -> Path:
+        s = self.settings
+        return self.folder / f"{s['modality']}_{s['dataset']}_{s['backbone']}" / "eval" / "metrics.json"
+
+
+def _load_json(path: Path):
+    import json
+
+    return json.loads(path.read_text())
+
+
+def run_cell(cell: Cell) -> tuple[dict, bool]:
+    """The cell's metrics and whether they were computed now (False: found from an earlier run)."""
+    record = cell.folder / "cell.json"
+    wanted = {"settings": cell.settings, "config": str(cell.config) if cell.config else None}
+    if record.is_file() and _load_json(record) != wanted:
+        raise ExperimentError(f"{cell.folder} was run with other settings ({record}); give another --out or "
+                              "remove that folder: one table never mixes two protocols")
+    if cell.metrics_file.is_file():
+        return _load_json(cell.metrics_file), False
+    from ddad_bundle.cli import run_workflows
+
+    write_json_atomic(wanted, record)
+    run_workflows(WORKFLOWS, dict(cell.settings), [str(cell.config)] if cell.config else [])
+    return _load_json(cell.metrics_file), True
+
+
+def _run_all(cells: list[Cell], log) -> list[dict]:
+    results = []
+    for i, cell in enumerate(cells, 1):
+        start = time.time()
+        metrics, ran = run_cell(cell)
+        log(f"[{i}/{len(cells)}] {cell.name}: " + (f"done in {time.time() - start:.0f} s" if ran else
+                                                    "finished earlier, not rerun"))
+        results.append({"cell": cell.name, "ran": ran, "seed": cell.settings["seed"],
+                        "backbone": cell.settings["backbone"],
+                        "auc": {name: m["auc"] for name, m in metrics.items()}})
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# tables
+
+
+def aggregate(values) -> tuple[float | None, float | None]:
+    """(mean, sample std with ddof 1) of the values; std None for one value, both None for none."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None, None
+    return float(np.mean(values)), (float(np.std(values, ddof=1)) if len(values) > 1 else None)
+
+
+def format_entry(values, digits: int = 3) -> str:
+    """``0.812`` for one value, ``0.812 ± 0.010`` for several, ``n/a`` for none."""
+    mean, std = aggregate(values)
+    if mean is None:
+        return "n/a"
+    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def _csv_number(x):
+    return "" if x is None else round(x, 6)
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _write_runs(results: list[dict], path: Path, key: str) -> None:
+    scores = list(dict.fromkeys(s for r in results for s in r["auc"]))
+    rows = [{key: r[key], "seed": r["seed"], "cell": r["cell"], **{s: _csv_number(r["auc"].get(s)) for s in scores}}
+            for r in results]
+    write_csv_atomic(rows, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# the two experiments
+
+
+@dataclass
+class Schedule:
+    """What every cell shares beyond the data: seeds, stage-1/2 epochs, further workflow overrides."""
+
+    seeds: list[int] = field(default_factory=lambda: [0])
+    epochs: int | None = None
+    asr_epochs: int | None = None
+    overrides: dict = field(default_factory=dict)
+
+    def settings(self) -> dict:
+        s = dict(self.overrides, progress_bar=False)
+        if self.epochs is not None:
+            s["epochs"] = self.epochs
+        if self.asr_epochs is not None:
+            s["asr_epochs"] = self.asr_epochs
+        return s
+
+    def describe(self) -> str:
+        parts = [f"stage 1 {self.epochs if self.epochs is not None else 'config default (250)'} epochs",
+                 f"stage 2 {self.asr_epochs if self.asr_epochs is not None else 'config default (100)'} epochs"]
+        parts += [f"{k} {v}" for k, v in sorted(self.overrides.items())]
+        return ", ".join(parts) + f"; seeds {' '.join(map(str, self.seeds))}"
+
+
+def _cell(out: Path, name: str, source: Source, schedule: Schedule, **settings) -> Cell:
+    folder = out / "cells" / name
+    return Cell(name, folder, {**schedule.settings(), **source.settings, **settings, "runs_dir": str(folder)},
+                source.config)
+
+
+def ar_sweep(source: Source, out, schedule: Schedule, backbone: str = "ae", ars=AR_STEPS,
+             n_unlabeled: int | None = None, split_seed: int = 0, log=print) -> dict:
+    """Run (or resume) the AR sweep; writes ar_sweep.csv/.md/.png and ar_sweep_runs.csv; returns the table."""
+    out = Path(out).resolve()
+    ars = [float(a) for a in ars]
+    for ar in ars:
+        if not 0.0 <= ar <= 1.0:
+            raise ExperimentError(f"anomaly rates must lie in [0, 1], got {ar!r}")
+    size = sweep_size(source, ars, split_seed, n_unlabeled)
+    u = size["n_unlabeled"]
+    splits = sweep_splits(source, ars, u, split_seed, out / "splits")
+    plan = [(ar, seed) for ar in ars for seed in schedule.seeds]
+    cells = [_cell(out, f"ar{round(100 * ar):03d}_{backbone}_seed{seed}", source, schedule, backbone=backbone,
+                   seed=seed, split_file=str(splits[ar])) for ar, seed in plan]
+    results = _run_all(cells, log)
+    for r, (ar, _) in zip(results, plan):
+        r["anomaly_rate"] = ar
+    rows = []
+    for ar in ars:
+        aucs = [r["auc"] for r in results if r["anomaly_rate"] == ar]
+        row = {"anomaly_rate": ar, "n_unlabeled": u, "n_unlabeled_abnormal": round(ar * u), "n_seeds": len(aucs)}
+        for score in SWEEP_SCORES:
+            mean, std = aggregate([a.get(score) for a in aucs])
+            row[score], row[f"{score}_std"] = _csv_number(mean), _csv_number(std)
+        row["_values"] = {score: [a.get(score) for a in aucs] for score in SWEEP_SCORES}
+        rows.append(row)
+    s = source.sizes
+    header = (f"AR sweep, {source.description}, backbone {BACKBONE_NAMES.get(backbone, backbone)}: "
+              f"|D_u| = {u} at every AR (the largest feasible at every AR: {size['explanation']}); "
+              f"D_n {s['n_normal']}, validation {s['n_validation']}, test {s['n_test_normal']} + "
+              f"{s['n_test_abnormal']}, split seed {split_seed}; {schedule.describe()}. Test AUC"
+              + (", mean ± std over seeds." if len(schedule.seeds) > 1 else "."))
+    if n_unlabeled is not None:
+        header = header.replace("the largest feasible at every AR", "requested")
+    write_csv_atomic([{k: v for k, v in r.items() if k != "_values"} for r in rows], out / "ar_sweep.csv")
+    table = _markdown(["AR", "\\|D_u\\| (abnormal)"] + list(SWEEP_SCORES),
+                      [[f"{r['anomaly_rate']:.0%}", f"{u} ({r['n_unlabeled_abnormal']})"]
+                       + [format_entry(r["_values"][score]) for score in SWEEP_SCORES] for r in rows])
+    write_text_atomic(out / "ar_sweep.md", header + "\n\n" + table + "\n")
+    _write_runs(results, out / "ar_sweep_runs.csv", "anomaly_rate")
+    plot_sweep(rows, out / "ar_sweep.png", f"{source.name}, {BACKBONE_NAMES.get(backbone, backbone)}, |D_u| = {u}")
+    log(table)
+    return {"rows": rows, "n_unlabeled": u, "results": results, "header": header}
+
+
+def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
+    """AUC against AR (%), one line per score, error bars = std over seeds where there are several."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    x = [100 * r["anomaly_rate"] for r in rows]
+    for score in SWEEP_SCORES:
+        y = [r[score] if r[score] != "" else np.nan for r in rows]
+        err = [r[f"{score}_std"] if r[f"{score}_std"] != "" else 0.0 for r in rows]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=score)
+    ax.set(xlabel="anomaly rate of D_u (%)", ylabel="test AUC", title=title, xticks=x)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def backbone_table(source: Source, out, schedule: Schedule, backbones=BACKBONES, seeds: dict | None = None,
+                   anomaly_rate: float = 0.6, split_seed: int = 0, log=print) -> dict:
+    """Run (or resume) the backbone table; writes backbones.csv/.md and backbones_runs.csv; returns it.
+
+    ``seeds`` maps a backbone to its own seed list (the Kermany benchmark: AE 3 seeds, the others
+    1); a backbone not in it uses ``schedule.seeds``.
+    """
+    out = Path(out).resolve()
+    for b in backbones:
+        if b not in BACKBONES:
+            raise ExperimentError(f"unknown backbone {b!r}; choose from {', '.join(BACKBONES)}")
+    seeds = {b: list((seeds or {}).get(b, schedule.seeds)) for b in backbones}
+    split_file = backbone_split(source, anomaly_rate, split_seed, out / "splits")
+    extra = {"split_file": str(split_file)} if split_file else {}
+    cells = [_cell(out, f"{b}_seed{seed}", source, schedule, backbone=b, seed=seed, **extra)
+             for b in backbones for seed in seeds[b]]
+    results = _run_all(cells, log)
+    rows = []
+    for score in TABLE_SCORES:
+        row = {"score": score}
+        for b in backbones:
+            values = [r["auc"].get(score) for r in results if r["backbone"] == b]
+            mean, std = aggregate(values)
+            row[b], row[f"{b}_std"], row[f"{b}_n_seeds"] = _csv_number(mean), _csv_number(std), len(values)
+            row.setdefault("_values", {})[b] = values
+        rows.append(row)
+    s = source.sizes
+    data = (f"the data set's own split (configs/datasets/{source.name}.json)" if split_file is None else
+            f"D_n {s['n_normal']}, validation {s['n_validation']}, |D_u| = {s['n_unlabeled']} at AR "
+            f"{anomaly_rate:.0%}, test {s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}")
+    seed_text = "; ".join(f"{BACKBONE_NAMES[b]} seeds {' '.join(map(str, seeds[b]))}" for b in backbones)
+    header = (f"Backbone table, {source.description}: {data}; {schedule.describe()} ({seed_text}). "
+              "Test AUC, mean ± std over seeds where a backbone has several.")
+    write_csv_atomic([{k: v for k, v in r.items() if k != "_values"} for r in rows], out / "backbones.csv")
+    table = _markdown(["score"] + [BACKBONE_NAMES[b] for b in backbones],
+                      [[r["score"]] + [format_entry(r["_values"][b]) for b in backbones] for r in rows])
+    write_text_atomic(out / "backbones.md", header + "\n\n" + table + "\n")
+    _write_runs(results, out / "backbones_runs.csv", "backbone")
+    log(table)
+    return {"rows": rows, "results": results, "header": header, "split_file": split_file}
+
+
+# ----------------------------------------------------------------------------------------------
+# command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m ddad_bundle experiment", description=__doc__.split("\n\n")[0],
+                                epilog="Further --key value pairs are bundle config overrides for every cell "
+                                       "(e.g. --batch_size 16 --lr_schedule cosine --image_size 32).")
+    p.add_argument("experiment", choices=["ar_sweep", "backbones"])
+    p.add_argument("--dataset", default="phantom", choices=DATASETS)
+    p.add_argument("--data_dir", default=None, help="folder tree, prepared --out folder, or the Kermany folder")
+    p.add_argument("--modality", default=None, choices=["cxr", "brain", "fundus"], help="default: the data set's")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds, one cell each")
+    p.add_argument("--split_seed", type=int, default=0, help="seed of the split (and of the phantoms)")
+    p.add_argument("--epochs", type=int, default=None, help="stage-1 epochs (default: the config's, 250)")
+    p.add_argument("--asr_epochs", type=int, default=None, help="stage-2 epochs (default: the config's, 100)")
+    p.add_argument("--out", default=None, help="default: runs/experiments/<experiment>_<dataset>")
+    p.add_argument("--backbone", default="ae", choices=BACKBONES, help="ar_sweep: the backbone")
+    p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES, help="backbones: columns")
+    p.add_argument("--ars", type=float, nargs="+", default=list(AR_STEPS), help="ar_sweep: the anomaly rates")
+    p.add_argument("--anomaly_rate", type=float, default=0.6, help="backbones: AR of D_u (pool-drawn splits)")
+    p.add_argument("--n_unlabeled", type=int, default=None,
+                   help="|D_u| (ar_sweep default: the largest feasible at every AR)")
+    for key in SIZE_KEYS:
+        p.add_argument(f"--{key}", type=int, default=None, help="default: the data set's")
+    p.add_argument("--phantom_size", type=int, default=128, help="phantom: rendered size before resizing")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """``python -m ddad_bundle experiment ...``; errors raise ValueError for the CLI to report."""
+    from ddad_bundle.cli import parse_overrides
+
+    args, rest = build_parser().parse_known_args(argv)
+    out = Path(args.out or Path("runs") / "experiments" / f"{args.experiment}_{args.dataset}")
+    sizes = {k: getattr(args, k) for k in SIZE_KEYS + ("n_unlabeled",)}
+    source = prepare(args.dataset, out, args.data_dir, args.modality, args.split_seed, sizes, args.phantom_size)
+    schedule = Schedule(args.seeds, args.epochs, args.asr_epochs, parse_overrides(rest))
+    if args.experiment == "ar_sweep":
+        ar_sweep(source, out, schedule, args.backbone, args.ars, args.n_unlabeled, args.split_seed)
+    else:
+        backbone_table(source, out, schedule, args.backbones, anomaly_rate=args.anomaly_rate,
+                       split_seed=args.split_seed)
+    print(f"tables in {out.resolve()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
