@@ -1,0 +1,170 @@
+"""The MONAI Deploy application end to end: DICOM CR/DX and PNG in; JSON, Secondary Capture, PNG out.
+
+The app runs as its documented command (``python -m ddad_bundle.deploy -i -o -m``) in a
+subprocess on DICOM files written here with real header fields; its scores are compared with the
+Python pipeline's (``python -m ddad_bundle score`` on the same files). Skipped when the optional
+``deploy`` dependencies (monai-deploy-app-sdk) are not installed; ``make test`` installs them.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+pytest.importorskip("monai.deploy", reason="the deploy extra (monai-deploy-app-sdk) is not installed")
+pytest.importorskip("holoscan", reason="the deploy extra (monai-deploy-app-sdk) is not installed")
+
+from ddad_bundle.cli import main as cli_main  # noqa: E402
+from ddad_bundle.deploy.dicom_sc import write_secondary_capture  # noqa: E402
+from ddad_bundle.deploy.operators import classify  # noqa: E402
+
+from conftest import REPO_ROOT  # noqa: E402
+
+CR_CLASS, DX_CLASS, MR_CLASS = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.4"
+
+
+def write_dicom(path, stored, modality="CR", sop_class=CR_CLASS, monochrome1=False, patient_id="P001",
+                study_uid=None, window=None, rescale=(1.0, 0.0)):
+    """A single-frame 12-bit grayscale instance with the patient/study fields a PACS sends."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+    ds.Modality = modality
+    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = patient_id, "Doe^Jane", "19610412", "F"
+    ds.PatientAge, ds.OtherPatientIDs = "063Y", "MRN-77"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240102", "101500", "ACC123", "S1"
+    ds.ReferringPhysicianName, ds.InstitutionName = "Smith^John", "General Hospital"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
+    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
+    ds.RescaleSlope, ds.RescaleIntercept = rescale
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = np.asarray(stored, np.uint16).tobytes()
+    ds.save_as(str(path), enforce_file_format=True)
+    return ds
+
+
+@pytest.fixture(scope="module")
+def model_ts(cxr_run, tmp_path_factory):
+    runs_dir, _ = cxr_run
+    path = tmp_path_factory.mktemp("deploy_model") / "model.ts"
+    assert cli_main(["export", "--runs_dir", str(runs_dir), "--image_size", "32", "--model_ts", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def deployed(cxr_run, model_ts, tmp_path_factory):
+    """Inputs written from test phantoms, the app's outputs and the Python pipeline's summary."""
+    runs_dir, _ = cxr_run
+    data = runs_dir / "data" / "cxr_phantom"
+    split = json.loads((data / "split.json").read_text())
+    abnormal = [e for e in split["test"] if e["label"] == 1][:2]
+    normal = [e for e in split["test"] if e["label"] == 0][:1]
+    gray = lambda e: np.asarray(Image.open(data / e["image"])).astype(np.float64)  # noqa: E731
+    inputs = tmp_path_factory.mktemp("deploy_in")
+    (inputs / "study").mkdir()
+    study = generate_uid()
+    sources = {
+        # CR, inverted grey scale with a VOI window: the loader must window and invert it back
+        "cr_mono1.dcm": write_dicom(inputs / "cr_mono1.dcm", np.round(4095 - gray(abnormal[0]) / 255 * 4095), "CR", CR_CLASS,
+                                    monochrome1=True, study_uid=study, window=(2048, 4096)),
+        # DX with a rescale, no window, in a subfolder
+        "study/dx.dcm": write_dicom(inputs / "study" / "dx.dcm", np.round(gray(abnormal[1]) * 16), "DX", DX_CLASS,
+                                    patient_id="P002", rescale=(0.5, -100.0)),
+        "mr.dcm": write_dicom(inputs / "mr.dcm", np.round(gray(normal[0]) * 16), "MR", MR_CLASS),
+    }
+    # an extension-less DX instance, as PACS exports name them; same pixels as study/dx.dcm
+    sources["IM0001"] = write_dicom(inputs / "IM0001", np.round(gray(abnormal[1]) * 16), "DX", DX_CLASS,
+                                    patient_id="P003", rescale=(0.5, -100.0))
+    Image.open(data / normal[0]["image"]).save(inputs / "normal.png")
+
+    out = tmp_path_factory.mktemp("deploy_out")
+    env = dict(os.environ, OMP_NUM_THREADS="1", DDAD_DEVICE="cpu", PYTHONPATH=str(REPO_ROOT))
+    proc = subprocess.run([sys.executable, "-m", "ddad_bundle.deploy", "-i", str(inputs), "-o", str(out), "-m", str(model_ts)],
+                          cwd=str(out), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    python_out = tmp_path_factory.mktemp("python_scores")
+    assert cli_main(["score", str(inputs), "--out", str(python_out), "--runs_dir", str(runs_dir), "--image_size", "32"]) == 0
+    python = {os.path.relpath(r["file"], inputs): r for r in json.loads((python_out / "summary.json").read_text())["files"]}
+    results = {os.path.relpath(r["file"], inputs): r for r in json.loads((out / "results.json").read_text())["files"]}
+    return inputs, out, sources, results, python
+
+
+@pytest.mark.slow
+def test_every_cr_dx_and_png_is_scored_like_the_python_pipeline(deployed):
+    _, out, _, results, python = deployed
+    assert set(results) == {"cr_mono1.dcm", "study/dx.dcm", "mr.dcm", "IM0001", "normal.png"}
+    for name in ("cr_mono1.dcm", "study/dx.dcm", "normal.png"):
+        row = results[name]
+        assert row["status"] == "ok" and row["score_name"] == "R_dual"
+        assert row["score"] == pytest.approx(python[name]["score"], abs=1e-5), name
+        assert row["threshold"] == pytest.approx(python[name]["threshold"], rel=1e-6)
+        assert row["label"] == python[name]["label"] == ("abnormal" if row["score"] > row["threshold"] else "normal")
+        per_image = json.loads((out / row["result_json"]).read_text())
+        assert per_image["score"] == row["score"] and per_image["label"] == row["label"]
+    # the extension-less instance is found by its content and scored like its twin
+    assert results["IM0001"]["status"] == "ok"
+    assert results["IM0001"]["score"] == pytest.approx(results["study/dx.dcm"]["score"], abs=1e-6)
+    scores = [results[n]["score"] for n in ("cr_mono1.dcm", "study/dx.dcm", "normal.png")]
+    assert len(set(np.round(scores, 7))) > 1, "all images got the same score: the maps do not depend on the input"
+
+
+@pytest.mark.slow
+def test_other_modalities_are_reported_not_scored(deployed):
+    _, out, _, results, _ = deployed
+    row = results["mr.dcm"]
+    assert row["status"] == "skipped" and "'MR'" in row["reason"]
+    assert not (out / "mr.json").exists() and not (out / "mr_heatmap.dcm").exists()
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["n_files"] == 5 and summary["n_scored"] == 4 and summary["n_not_scored"] == 1
+
+
+@pytest.mark.slow
+def test_secondary_capture_carries_the_identifiers_and_nothing_else(deployed):
+    inputs, out, sources, results, _ = deployed
+    for name in ("cr_mono1.dcm", "study/dx.dcm", "IM0001"):
+        source, row = sources[name], results[name]
+        sc = pydicom.dcmread(str(out / row["heatmap_dicom"]))
+        assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+        assert sc.PatientID == source.PatientID and sc.StudyInstanceUID == source.StudyInstanceUID
+        assert sc.SeriesInstanceUID != source.SeriesInstanceUID and sc.SOPInstanceUID != source.SOPInstanceUID
+        patient_values = {e.keyword for e in sc.iterall() if e.tag.group == 0x0010 and str(e.value).strip()}
+        assert patient_values == {"PatientID"}, patient_values
+        for keyword in ("InstitutionName", "StudyDate", "ReferringPhysicianName", "OtherPatientIDs", "PatientAge"):
+            assert not str(sc.get(keyword, "")).strip(), keyword
+        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+        pixels = sc.pixel_array
+        assert pixels.shape == (source.Rows, source.Columns, 3) and pixels.dtype == np.uint8
+        png = Image.open(out / row["heatmap_png"])
+        assert png.size == (source.Columns, source.Rows) and png.mode == "RGB"
+        assert np.array_equal(np.asarray(png), pixels)  # the SC shows the PNG's heat map
+    # a PNG input has no study to file a DICOM object in
+    assert "heatmap_dicom" not in results["normal.png"] and (out / results["normal.png"]["heatmap_png"]).is_file()
+
+
+def test_secondary_capture_refuses_a_source_without_patient_id(tmp_path):
+    source = pydicom.Dataset()
+    source.StudyInstanceUID = generate_uid()
+    with pytest.raises(ValueError, match="PatientID"):
+        write_secondary_capture(source, np.zeros((4, 4, 3), np.uint8), tmp_path / "x.dcm", "R_dual", 0.5, 0.4, "abnormal")
+
+
+def test_loader_classifies_by_content(tmp_path):
+    write_dicom(tmp_path / "noext", np.zeros((8, 8)), "DX", DX_CLASS)
+    write_dicom(tmp_path / "ct.dcm", np.zeros((8, 8)), "CT", "1.2.840.10008.5.1.4.1.1.2")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert classify(tmp_path / "noext")["status"] == "ok"
+    assert "'CT'" in classify(tmp_path / "ct.dcm")["reason"]
+    assert classify(tmp_path / "notes.txt")["status"] == "skipped"
