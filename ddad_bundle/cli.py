@@ -8,6 +8,7 @@ Commands::
     python -m ddad_bundle score <folder or files> --out <folder> [--runs_dir runs/demo] [--key value ...]
     python -m ddad_bundle fit [--config_file configs/datasets/folder.json] [--key value ...]
     python -m ddad_bundle export [--runs_dir runs/demo] [--model_ts path/model.ts]
+    python -m ddad_bundle experiment ar_sweep|backbones [--dataset phantom] [--seeds 0 1 2] [--out dir]
 
 ``run`` is ``python -m monai.bundle run`` with the bundle's config files filled in per workflow,
 the bundle root put on the import path (configs say ``$import scripts``) and every override key
@@ -150,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s) merged after the workflow's own (dataset configs...)")
     commands.add_parser("export", help="write the trained pipeline as one TorchScript file (model.ts)")
+    # options are parsed by scripts.experiments (its own --help), so this parser only names the command
+    commands.add_parser("experiment", add_help=False,
+                        help="the papers' experiments: ar_sweep (Fig. 5), backbones (Table 3); docs/experiments.md")
     fit_parser = commands.add_parser("fit", help="training, training_asr and evaluating in turn")
     fit_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s), e.g. ddad_bundle/configs/datasets/folder.json")
@@ -189,6 +193,11 @@ def dispatch(argv: list[str] | None = None) -> int:
         overrides.update(input_paths=[os.path.abspath(p) for p in args.inputs], inference_dir=os.path.abspath(args.out))
         run_workflow("inferring", overrides)
         return 0
+    if args.command == "experiment":
+        ensure_bundle_on_path()
+        from scripts import experiments
+
+        return experiments.main(argv[argv.index("experiment") + 1:])
     if args.command == "export":
         run_workflow("exporting", parse_overrides(rest))
         return 0

@@ -25,7 +25,7 @@ from scripts.splits import SplitError, load_split
 CONFIGS = BUNDLE_ROOT / "configs"
 # The smallest phantom protocol with every AR of the 20% grid feasible: |D_u| = 5 (0..5 abnormal).
 TINY_SIZES = dict(n_normal=16, n_validation=4, n_test_normal=5, n_test_abnormal=5, n_unlabeled=5)
-TINY_CLI = ["--epochs", "1", "--asr_epochs", "1", "--phantom_size", "32", "--image_size", "32",
+TINY_CLI = ["--no_figures", "--epochs", "1", "--asr_epochs", "1", "--phantom_size", "32", "--image_size", "32",
             "--num_members", "2", "--batch_size", "8", "--asr_batch_size", "8", "--n_bootstrap", "10",
             "--lr_schedule", "cosine"] + [a for k, v in TINY_SIZES.items() for a in (f"--{k}", str(v))]
 
@@ -143,6 +143,7 @@ def test_ar_sweep_end_to_end_then_resumes_without_rerunning(tmp_path, capsys):
     assert all(f"| {round(100 * ar)}% | 5 ({round(5 * ar)}) |" in markdown for ar in AR_STEPS)
     assert all(score in markdown.splitlines()[2] for score in SWEEP_SCORES)
     assert (out / "ar_sweep.png").stat().st_size > 10_000
+    assert not list(out.glob("cells/*/*/eval/histograms.png"))  # --no_figures: tables only
     metrics = json.loads((out / "cells" / "ar060_ae_seed0" / "cxr_phantom_ae" / "eval" / "metrics.json").read_text())
     assert float(rows[3]["A_inter"]) == pytest.approx(metrics["A_inter"]["auc"], abs=1e-6)
 

@@ -363,7 +363,8 @@ def _run_all(cells: list[Cell], log) -> list[dict]:
         metrics, ran = run_cell(cell)
         log(f"[{i}/{len(cells)}] {cell.name}: " + (f"done in {time.time() - start:.0f} s" if ran else
                                                     "finished earlier, not rerun"))
-        results.append({"cell": cell.name, "ran": ran, "seed": cell.settings["seed"],
+        results.append({"cell": cell.name, "ran": ran, "seconds": round(time.time() - start) if ran else None,
+                        "seed": cell.settings["seed"],
                         "backbone": cell.settings["backbone"],
                         "auc": {name: m["auc"] for name, m in metrics.items()}})
     return results
@@ -417,20 +418,35 @@ class Schedule:
     epochs: int | None = None
     asr_epochs: int | None = None
     overrides: dict = field(default_factory=dict)
+    figures: bool = True
 
     def settings(self) -> dict:
         s = dict(self.overrides, progress_bar=False)
+        if not self.figures:
+            s.update(figures_off_override())
         if self.epochs is not None:
             s["epochs"] = self.epochs
         if self.asr_epochs is not None:
             s["asr_epochs"] = self.asr_epochs
         return s
 
-    def describe(self) -> str:
+    def describe(self, seeds: bool = True) -> str:
         parts = [f"stage 1 {self.epochs if self.epochs is not None else 'config default (250)'} epochs",
                  f"stage 2 {self.asr_epochs if self.asr_epochs is not None else 'config default (100)'} epochs"]
         parts += [f"{k} {v}" for k, v in sorted(self.overrides.items())]
-        return ", ".join(parts) + f"; seeds {' '.join(map(str, self.seeds))}"
+        return ", ".join(parts) + (f"; seeds {' '.join(map(str, self.seeds))}" if seeds else "")
+
+
+def figures_off_override() -> dict:
+    """The override that skips a cell's evaluation figures: evaluate.json's ScoreReport with figures=False.
+
+    Read from the config when used, so every other argument of the handler stays the config's.
+    """
+    config = _load_json(BUNDLE_ROOT / "configs" / "evaluate.json")
+    for i, handler in enumerate(config["evaluator"]["handlers"]):
+        if str(handler.get("_target_", "")).endswith("ScoreReport"):
+            return {f"evaluator#handlers#{i}": dict(handler, figures=False)}
+    raise ExperimentError("configs/evaluate.json: no ScoreReport handler under evaluator#handlers")
 
 
 def _cell(out: Path, name: str, source: Source, schedule: Schedule, **settings) -> Cell:
@@ -537,7 +553,7 @@ def backbone_table(source: Source, out, schedule: Schedule, backbones=BACKBONES,
             f"D_n {s['n_normal']}, validation {s['n_validation']}, |D_u| = {s['n_unlabeled']} at AR "
             f"{anomaly_rate:.0%}, test {s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}")
     seed_text = "; ".join(f"{BACKBONE_NAMES[b]} seeds {' '.join(map(str, seeds[b]))}" for b in backbones)
-    header = (f"Backbone table, {source.description}: {data}; {schedule.describe()} ({seed_text}). "
+    header = (f"Backbone table, {source.description}: {data}; {schedule.describe(seeds=False)}; {seed_text}. "
               "Test AUC, mean ± std over seeds where a backbone has several.")
     write_csv_atomic([{k: v for k, v in r.items() if k != "_values"} for r in rows], out / "backbones.csv")
     table = _markdown(["score"] + [BACKBONE_NAMES[b] for b in backbones],
@@ -574,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     for key in SIZE_KEYS:
         p.add_argument(f"--{key}", type=int, default=None, help="default: the data set's")
     p.add_argument("--phantom_size", type=int, default=128, help="phantom: rendered size before resizing")
+    p.add_argument("--no_figures", action="store_true",
+                   help="skip each cell's histograms and map panel (most of a tiny cell's time)")
     return p
 
 
@@ -585,7 +603,7 @@ def main(argv: list[str]) -> int:
     out = Path(args.out or Path("runs") / "experiments" / f"{args.experiment}_{args.dataset}")
     sizes = {k: getattr(args, k) for k in SIZE_KEYS + ("n_unlabeled",)}
     source = prepare(args.dataset, out, args.data_dir, args.modality, args.split_seed, sizes, args.phantom_size)
-    schedule = Schedule(args.seeds, args.epochs, args.asr_epochs, parse_overrides(rest))
+    schedule = Schedule(args.seeds, args.epochs, args.asr_epochs, parse_overrides(rest), not args.no_figures)
     if args.experiment == "ar_sweep":
         ar_sweep(source, out, schedule, args.backbone, args.ars, args.n_unlabeled, args.split_seed)
     else:
