@@ -168,3 +168,17 @@ def test_loader_classifies_by_content(tmp_path):
     assert classify(tmp_path / "noext")["status"] == "ok"
     assert "'CT'" in classify(tmp_path / "ct.dcm")["reason"]
     assert classify(tmp_path / "notes.txt")["status"] == "skipped"
+
+
+def test_staged_package_folder_holds_the_app_and_the_bundle_code(tmp_path):
+    from ddad_bundle.deploy.package import stage_app
+
+    out = stage_app(tmp_path / "app")
+    for name in ("__main__.py", "app.yaml", "requirements.txt", "ddad_bundle/deploy/app.py",
+                 "ddad_bundle/scripts/transforms.py", "ddad_bundle/configs/inference.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.rglob("__pycache__")) and not (out / "ddad_bundle" / "models").exists()
+    compile((out / "__main__.py").read_text(), "__main__.py", "exec")
+    assert "monai-deploy-app-sdk" in (out / "requirements.txt").read_text()
+    with pytest.raises(FileExistsError, match="not empty"):
+        stage_app(out)

@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from conftest import BUNDLE_ROOT
 from ddad_bundle.cli import main as cli_main
 from scripts.evaluation import has_trained_udm, load_pipeline
 from scripts.networks import build_backbone
@@ -44,3 +45,80 @@ def test_deployed_pipeline_scripts_without_refiners():
     assert deployed.score_name == "A_intra"
     x = torch.randn(2, 1, 16, 16)
     assert torch.allclose(torch.jit.script(deployed)(x), pipeline(x)["A_intra"], atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bundle verification
+
+CONFIGS = BUNDLE_ROOT / "configs"
+
+
+def test_verify_metadata_passes_offline():
+    from monai.bundle import verify_metadata
+
+    # the schema file ships with the bundle, so nothing is downloaded
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(CONFIGS / "metadata_schema.json"))
+
+
+def test_metadata_has_a_version_with_a_changelog_entry():
+    metadata = json.loads((CONFIGS / "metadata.json").read_text())
+    assert metadata["version"] in metadata["changelog"]
+    assert metadata["network_data_format"]["outputs"]["pred"]["type"] == "series"  # float map, not cast to uint8
+
+
+def test_verify_net_in_out_checks_the_deployed_architecture(tmp_path):
+    from monai.bundle import verify_net_in_out
+
+    configs = [str(CONFIGS / "common.json"), str(CONFIGS / "inference.json")]
+    verify_net_in_out(net_id="deployed_network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=configs,
+                      device="cpu", image_size=32, **{"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32]})
+    # and it can fail: metadata promising a 2-channel output is refused
+    wrong = json.loads((CONFIGS / "metadata.json").read_text())
+    wrong["network_data_format"]["outputs"]["pred"]["num_channels"] = 2
+    (tmp_path / "metadata.json").write_text(json.dumps(wrong))
+    with pytest.raises(ValueError, match="output channel number"):
+        verify_net_in_out(net_id="deployed_network_def", meta_file=str(tmp_path / "metadata.json"), config_file=configs,
+                          device="cpu", image_size=32, **{"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32]})
+
+
+def test_deployed_architecture_refuses_dual_without_udm():
+    from scripts.export import deployed_architecture
+
+    with pytest.raises(ValueError, match="has_udm"):
+        deployed_architecture(lambda: build_backbone("ae", 1, 16, 4), 2, has_udm=False, refiner="dual")
+
+
+@pytest.mark.slow
+def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_pipeline(cxr_run, tmp_path):
+    from monai.bundle import ConfigParser, verify_net_in_out
+
+    runs_dir, output_dir = cxr_run
+    model_ts = tmp_path / "model.ts"
+    assert cli_main(["export", "--runs_dir", str(runs_dir), "--image_size", "32", "--model_ts", str(model_ts)]) == 0
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(model_ts), _extra_files=extra)
+    metadata, config = json.loads(extra["metadata.json"]), json.loads(extra["inference.json"])
+    # the embedded metadata and config describe this run (32x32), not the repository defaults (64x64)
+    assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32]
+    assert config["image_size"] == 32
+    threshold = json.loads((output_dir / "models" / "threshold.json").read_text())
+    assert config["decision_threshold"] == pytest.approx(threshold["threshold"]) and config["deploy_score"] == "R_dual"
+    (tmp_path / "metadata.json").write_text(extra["metadata.json"])
+    verify_net_in_out(net_id="exported_network", meta_file=str(tmp_path / "metadata.json"), device="cpu",
+                      config_file=[str(CONFIGS / n) for n in ("common.json", "inference.json", "export.json")],
+                      model_ts=str(model_ts))
+
+    # the embedded config's postprocessing: score = spatial mean of pred, label from the threshold
+    parser = ConfigParser(config)
+    preprocessing = parser.get_parsed_content("array_preprocessing")
+    postprocessing = parser.get_parsed_content("postprocessing")
+    data = json.loads((runs_dir / "data" / "cxr_phantom" / "split.json").read_text())
+    from scripts.transforms import load_image
+
+    image = load_image(str(runs_dir / "data" / "cxr_phantom" / data["test"][0]["image"]))
+    prepared = preprocessing({"image": image})["image"]
+    with torch.no_grad():
+        pred = scripted(prepared[None].float())[0]
+    out = postprocessing({"pred": pred, "image": prepared})
+    assert out["score"] == pytest.approx(float(pred.mean()), abs=1e-6)
+    assert out["label"] == ("abnormal" if out["score"] > threshold["threshold"] else "normal")
+    assert tuple(out["pred"].shape[1:]) == tuple(image.shape[1:])  # back at the input's resolution
