@@ -137,8 +137,10 @@ def demo(args: argparse.Namespace) -> int:
         stage1["channels"] = 3
     asr_epochs = DEMO_ASR_EPOCHS if args.asr_epochs is None else args.asr_epochs
     start = time.time()
-    workflows = ["training", "evaluating"] if args.stage1_only else ["training", "training_asr", "evaluating"]
-    run_workflows(workflows, dict(stage1, asr_epochs=asr_epochs))
+    if args.stage1_only:  # no stage-2 config is loaded, so no stage-2 key may be passed
+        run_workflows(["training", "evaluating"], stage1)
+    else:
+        run_workflows(["training", "training_asr", "evaluating"], dict(stage1, asr_epochs=asr_epochs))
     print(f"demo finished in {time.time() - start:.0f} s")
     return 0
 

@@ -132,6 +132,8 @@ class RefinementTrainer(Trainer):
         images: cached known-normal training images (N, C, H, W).
         seed: the run's seed; the shuffle and the synthesis generators derive from it.
         batch_size, learning_rate, weight_decay: the paper's 8, 1e-4, 1e-4.
+        betas: Adam's betas; (0.5, 0.999) as in the reference implementation's refinement solver,
+            the same as stage 1's.
         scales: map scales (computed from ``images`` when None).
         handlers: MONAI/Ignite handlers to attach.
         amp: bf16 autocast for the ASR-Net forward pass.
@@ -140,7 +142,7 @@ class RefinementTrainer(Trainer):
     def __init__(self, device, max_epochs: int, refiners: Dict[str, nn.Module], extractor: MapExtractor,
                  images: torch.Tensor, seed: int = 0, batch_size: int = 8, learning_rate: float = 1e-4,
                  weight_decay: float = 1e-4, scales: Optional[Dict[str, float]] = None, handlers=None,
-                 amp: bool = False):
+                 amp: bool = False, betas: Sequence[float] = (0.5, 0.999)):
         if images.shape[0] < 2:
             raise ValueError(f"stage 2 needs at least 2 known-normal images, got {images.shape[0]}")
         if batch_size < 2:
@@ -154,8 +156,10 @@ class RefinementTrainer(Trainer):
         self.batches = batches
         self.refiners = nn.ModuleDict(refiners).to(device)
         self.members = list(self.refiners.values())
-        self.optimizers = [torch.optim.Adam(r.parameters(), lr=learning_rate, weight_decay=weight_decay)
-                           for r in self.members]
+        if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
+            raise ValueError(f"asr_betas must be two numbers in [0, 1), got {list(betas)}")
+        self.optimizers = [torch.optim.Adam(r.parameters(), lr=learning_rate, betas=tuple(float(b) for b in betas),
+                                            weight_decay=weight_decay) for r in self.members]
         self.extractor = extractor.to(device)
         self.loss = asr_focal_loss()
         self.scales = scales if scales is not None else map_scales(self.extractor, images.to(device))
