@@ -8,4 +8,4 @@ from pathlib import Path
 
 BUNDLE_ROOT = Path(__file__).resolve().parent
 CONFIG_DIR = BUNDLE_ROOT / "configs"
-__version__ = "0.2.0"
+__version__ = "0.3.0"
