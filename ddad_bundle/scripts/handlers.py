@@ -18,6 +18,7 @@ import logging
 import re
 from pathlib import Path
 
+import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
@@ -39,22 +40,35 @@ class MemberCheckpoints:
         module: 'ndm' or 'udm' (file name prefix).
         save_every: epochs between resumable checkpoints.
         resume: load the last checkpoints at start when they exist.
+        member_ids: the ensemble index of each of the engine's members, for a process that trains
+            only some of them (``scripts.distributed``); default ``0..len(members)-1``. File
+            names always use these global indices, and only these members' files are touched.
     """
 
-    def __init__(self, ckpt_dir, module: str, save_every: int = 1, resume: bool = True):
+    def __init__(self, ckpt_dir, module: str, save_every: int = 1, resume: bool = True, member_ids=None):
         if save_every < 1:
             raise ValueError(f"save_every must be >= 1, got {save_every}")
         self.ckpt_dir = Path(ckpt_dir)
         self.module = module
         self.save_every = save_every
         self.resume = resume
+        self.member_ids = None if member_ids is None else [int(k) for k in member_ids]
+
+    def _global(self, k: int) -> int:
+        """Ensemble index of the engine's k-th member."""
+        return k if self.member_ids is None else self.member_ids[k]
 
     def _prefix(self, member: int) -> str:
-        return f"{self.module}_member{member}"
+        return f"{self.module}_member{self._global(member)}"
 
     def attach(self, engine: Engine) -> None:
+        if self.member_ids is not None and len(self.member_ids) != len(engine.members):
+            raise ValueError(f"{self.module}: member_ids {self.member_ids} do not match the trainer's "
+                             f"{len(engine.members)} members")
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        saver = DiskSaver(str(self.ckpt_dir), require_empty=False, atomic=True)
+        # Ignite's DiskSaver writes on one rank only (rank 0 by default); this handler writes on the
+        # process it is attached to, which under torchrun owns these members' files.
+        saver = DiskSaver(str(self.ckpt_dir), require_empty=False, atomic=True, save_on_rank=idist.get_rank())
         for k in range(len(engine.members)):
             checkpoint = Checkpoint(
                 self._objects(engine, k),
@@ -87,7 +101,9 @@ class MemberCheckpoints:
         return max(found) if found else None
 
     def remove_stale(self, engine: Engine) -> None:
-        pattern = re.compile(rf"^{re.escape(self.module)}_member\d+_checkpoint_(\d+)\.pt$")
+        # With member_ids, other processes own the other members' files: leave those alone.
+        members = r"\d+" if self.member_ids is None else "(?:" + "|".join(map(str, self.member_ids)) + ")"
+        pattern = re.compile(rf"^{re.escape(self.module)}_member{members}_checkpoint_(\d+)\.pt$")
         for path in self.ckpt_dir.glob(f"{self.module}_member*_checkpoint_*.pt"):
             match = pattern.match(path.name)
             if match and int(match.group(1)) < engine.state.epoch:
@@ -114,7 +130,7 @@ class MemberCheckpoints:
 
     def save_final(self, engine: Engine) -> None:
         for k, net in enumerate(engine.members):
-            torch_save_atomic(net.state_dict(), final_weights_path(self.ckpt_dir, self.module, k))
+            torch_save_atomic(net.state_dict(), final_weights_path(self.ckpt_dir, self.module, self._global(k)))
         logger.info("%s: final weights of %d members in %s", self.module, len(engine.members), self.ckpt_dir)
 
 
