@@ -102,7 +102,7 @@ def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_
     assert config["image_size"] == 32
     threshold = json.loads((output_dir / "models" / "threshold.json").read_text())
     assert config["decision_threshold"] == pytest.approx(threshold["threshold"]) and config["deploy_score"] == "R_dual"
-    (tmp_path / "metadata.json").write_text(extra["metadata.json"])
+    (tmp_path / "metadata.json").write_bytes(extra["metadata.json"])
     verify_net_in_out(net_id="exported_network", meta_file=str(tmp_path / "metadata.json"), device="cpu",
                       config_file=[str(CONFIGS / n) for n in ("common.json", "inference.json", "export.json")],
                       model_ts=str(model_ts))
