@@ -183,3 +183,27 @@ def test_schedule_settings_pass_overrides_and_epochs():
     schedule = Schedule([0, 1], epochs=3, asr_epochs=None, overrides={"batch_size": 16})
     assert schedule.settings() == {"batch_size": 16, "progress_bar": False, "epochs": 3}
     assert "seeds 0 1" in schedule.describe()
+
+
+def test_prepared_and_folder_data_become_labeled_pools(tmp_path):
+    from scripts.phantoms import generate_phantom_dataset
+
+    # a phantom data set stands in for a prepared one: a ddad-split/1 file with a labeled D_u
+    generate_phantom_dataset(tmp_path / "prep", n_normal=12, n_validation=0, n_unlabeled=10, anomaly_rate=0.6,
+                             n_test_normal=4, n_test_abnormal=4, size=32)
+    source = prepare("rsna", tmp_path / "out", data_dir=tmp_path / "prep")
+    assert (len(source.normal), len(source.abnormal)) == (12 + 4 + 4, 6 + 4)
+    assert source.sizes == dict(n_normal=11, n_validation=1, n_unlabeled=10, n_test_normal=4, n_test_abnormal=4)
+    assert source.settings["data_dir"] == str(tmp_path / "prep") and source.own_split
+    with pytest.raises(ExperimentError, match="no \\|D_u\\| is feasible.*of which 4 are left for D_u"):
+        sweep_size(source, AR_STEPS, 0)  # 4 normals left, and the 20% grid needs multiples of 5
+    size = sweep_size(source, [0.0, 0.5], 0)  # 4 normals and 6 abnormals left: |D_u| 4 at rates 0 and 0.5
+    assert (size["n_unlabeled"], size["free_normal"], size["free_abnormal"]) == (4, 4, 6)
+
+    for folder, n in (("normal", 6), ("test/normal", 2), ("test/abnormal", 3), ("unlabeled", 2)):
+        (tmp_path / "tree" / folder).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((16, 16), 20 * i, np.uint8)).save(tmp_path / "tree" / folder / f"{i}.png")
+    source = prepare("folder", tmp_path / "out2", data_dir=tmp_path / "tree")
+    assert (len(source.normal), len(source.abnormal)) == (8, 3)  # unlabeled/ has no labels: not a pool
+    assert source.sizes == dict(n_normal=3, n_validation=1, n_test_normal=2, n_test_abnormal=3)
