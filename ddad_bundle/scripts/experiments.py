@@ -455,14 +455,34 @@ def _cell(out: Path, name: str, source: Source, schedule: Schedule, **settings) 
                 source.config)
 
 
-def ar_sweep(source: Source, out, schedule: Schedule, backbone: str = "ae", ars=AR_STEPS,
-             n_unlabeled: int | None = None, split_seed: int = 0, log=print) -> dict:
-    """Run (or resume) the AR sweep; writes ar_sweep.csv/.md/.png and ar_sweep_runs.csv; returns the table."""
-    out = Path(out).resolve()
+def _check_rates(ars) -> list[float]:
     ars = [float(a) for a in ars]
     for ar in ars:
         if not 0.0 <= ar <= 1.0:
             raise ExperimentError(f"anomaly rates must lie in [0, 1], got {ar!r}")
+    return ars
+
+
+def _check_backbones(backbones) -> None:
+    for b in backbones:
+        if b not in BACKBONES:
+            raise ExperimentError(f"unknown backbone {b!r}; choose from {', '.join(BACKBONES)}")
+
+
+def _aggregated(values: dict[str, list]) -> dict:
+    """CSV columns of one table row: per name its mean and ``<name>_std`` (empty where undefined)."""
+    row = {}
+    for name, vals in values.items():
+        mean, std = aggregate(vals)
+        row[name], row[f"{name}_std"] = _csv_number(mean), _csv_number(std)
+    return row
+
+
+def ar_sweep(source: Source, out, schedule: Schedule, backbone: str = "ae", ars=AR_STEPS,
+             n_unlabeled: int | None = None, split_seed: int = 0, log=print) -> dict:
+    """Run (or resume) the AR sweep; writes ar_sweep.csv/.md/.png and ar_sweep_runs.csv; returns the table."""
+    out, ars = Path(out).resolve(), _check_rates(ars)
+    _check_backbones([backbone])
     size = sweep_size(source, ars, split_seed, n_unlabeled)
     u = size["n_unlabeled"]
     splits = sweep_splits(source, ars, u, split_seed, out / "splits")
@@ -472,32 +492,31 @@ def ar_sweep(source: Source, out, schedule: Schedule, backbone: str = "ae", ars=
     results = _run_all(cells, log)
     for r, (ar, _) in zip(results, plan):
         r["anomaly_rate"] = ar
-    rows = []
-    for ar in ars:
-        aucs = [r["auc"] for r in results if r["anomaly_rate"] == ar]
-        row = {"anomaly_rate": ar, "n_unlabeled": u, "n_unlabeled_abnormal": round(ar * u), "n_seeds": len(aucs)}
-        for score in SWEEP_SCORES:
-            mean, std = aggregate([a.get(score) for a in aucs])
-            row[score], row[f"{score}_std"] = _csv_number(mean), _csv_number(std)
-        row["_values"] = {score: [a.get(score) for a in aucs] for score in SWEEP_SCORES}
-        rows.append(row)
-    s = source.sizes
-    header = (f"AR sweep, {source.description}, backbone {BACKBONE_NAMES.get(backbone, backbone)}: "
-              f"|D_u| = {u} at every AR (the largest feasible at every AR: {size['explanation']}); "
-              f"D_n {s['n_normal']}, validation {s['n_validation']}, test {s['n_test_normal']} + "
-              f"{s['n_test_abnormal']}, split seed {split_seed}; {schedule.describe()}. Test AUC"
-              + (", mean ± std over seeds." if len(schedule.seeds) > 1 else "."))
-    if n_unlabeled is not None:
-        header = header.replace("the largest feasible at every AR", "requested")
-    write_csv_atomic([{k: v for k, v in r.items() if k != "_values"} for r in rows], out / "ar_sweep.csv")
+    values = {ar: {score: [r["auc"].get(score) for r in results if r["anomaly_rate"] == ar] for score in SWEEP_SCORES}
+              for ar in ars}
+    rows = [{"anomaly_rate": ar, "n_unlabeled": u, "n_unlabeled_abnormal": round(ar * u),
+             "n_seeds": len(schedule.seeds), **_aggregated(values[ar])} for ar in ars]
+    name = BACKBONE_NAMES[backbone]
+    header = _sweep_header(source, name, size, n_unlabeled is not None, split_seed, schedule)
     table = _markdown(["AR", "\\|D_u\\| (abnormal)"] + list(SWEEP_SCORES),
                       [[f"{r['anomaly_rate']:.0%}", f"{u} ({r['n_unlabeled_abnormal']})"]
-                       + [format_entry(r["_values"][score]) for score in SWEEP_SCORES] for r in rows])
+                       + [format_entry(values[r["anomaly_rate"]][score]) for score in SWEEP_SCORES] for r in rows])
+    write_csv_atomic(rows, out / "ar_sweep.csv")
     write_text_atomic(out / "ar_sweep.md", header + "\n\n" + table + "\n")
     _write_runs(results, out / "ar_sweep_runs.csv", "anomaly_rate")
-    plot_sweep(rows, out / "ar_sweep.png", f"{source.name}, {BACKBONE_NAMES.get(backbone, backbone)}, |D_u| = {u}")
+    plot_sweep(rows, out / "ar_sweep.png", f"{source.name}, {name}, |D_u| = {u}")
     log(table)
     return {"rows": rows, "n_unlabeled": u, "results": results, "header": header}
+
+
+def _sweep_header(source: Source, backbone: str, size: dict, requested: bool, split_seed: int,
+                  schedule: Schedule) -> str:
+    s = source.sizes
+    why = "requested" if requested else "the largest feasible at every AR"
+    return (f"AR sweep, {source.description}, backbone {backbone}: |D_u| = {size['n_unlabeled']} at every AR "
+            f"({why}: {size['explanation']}); D_n {s['n_normal']}, validation {s['n_validation']}, test "
+            f"{s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}; {schedule.describe()}. "
+            "Test AUC" + (", mean ± std over seeds." if len(schedule.seeds) > 1 else "."))
 
 
 def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
@@ -530,24 +549,17 @@ def backbone_table(source: Source, out, schedule: Schedule, backbones=BACKBONES,
     1); a backbone not in it uses ``schedule.seeds``.
     """
     out = Path(out).resolve()
-    for b in backbones:
-        if b not in BACKBONES:
-            raise ExperimentError(f"unknown backbone {b!r}; choose from {', '.join(BACKBONES)}")
+    _check_backbones(backbones)
     seeds = {b: list((seeds or {}).get(b, schedule.seeds)) for b in backbones}
     split_file = backbone_split(source, anomaly_rate, split_seed, out / "splits")
     extra = {"split_file": str(split_file)} if split_file else {}
     cells = [_cell(out, f"{b}_seed{seed}", source, schedule, backbone=b, seed=seed, **extra)
              for b in backbones for seed in seeds[b]]
     results = _run_all(cells, log)
-    rows = []
-    for score in TABLE_SCORES:
-        row = {"score": score}
-        for b in backbones:
-            values = [r["auc"].get(score) for r in results if r["backbone"] == b]
-            mean, std = aggregate(values)
-            row[b], row[f"{b}_std"], row[f"{b}_n_seeds"] = _csv_number(mean), _csv_number(std), len(values)
-            row.setdefault("_values", {})[b] = values
-        rows.append(row)
+    values = {score: {b: [r["auc"].get(score) for r in results if r["backbone"] == b] for b in backbones}
+              for score in TABLE_SCORES}
+    rows = [{"score": score, **_aggregated(values[score]), **{f"{b}_n_seeds": len(seeds[b]) for b in backbones}}
+            for score in TABLE_SCORES]
     s = source.sizes
     data = (f"the data set's own split (configs/datasets/{source.name}.json)" if split_file is None else
             f"D_n {s['n_normal']}, validation {s['n_validation']}, |D_u| = {s['n_unlabeled']} at AR "
@@ -555,9 +567,9 @@ def backbone_table(source: Source, out, schedule: Schedule, backbones=BACKBONES,
     seed_text = "; ".join(f"{BACKBONE_NAMES[b]} seeds {' '.join(map(str, seeds[b]))}" for b in backbones)
     header = (f"Backbone table, {source.description}: {data}; {schedule.describe(seeds=False)}; {seed_text}. "
               "Test AUC, mean ± std over seeds where a backbone has several.")
-    write_csv_atomic([{k: v for k, v in r.items() if k != "_values"} for r in rows], out / "backbones.csv")
+    write_csv_atomic(rows, out / "backbones.csv")
     table = _markdown(["score"] + [BACKBONE_NAMES[b] for b in backbones],
-                      [[r["score"]] + [format_entry(r["_values"][b]) for b in backbones] for r in rows])
+                      [[score] + [format_entry(values[score][b]) for b in backbones] for score in TABLE_SCORES])
     write_text_atomic(out / "backbones.md", header + "\n\n" + table + "\n")
     _write_runs(results, out / "backbones_runs.csv", "backbone")
     log(table)
