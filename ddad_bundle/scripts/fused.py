@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -349,3 +350,31 @@ def grouped_batch(images: torch.Tensor) -> torch.Tensor:
     k, b, c, h, w = images.shape
     return images.transpose(0, 1).reshape(b, k * c, h, w)
 
+
+
+class LoopedMembers(nn.Module):
+    """Members that cannot be fused, called one after another; the same interface as ``FusedAE``."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.num_members = len(members)
+
+    @torch.jit.export
+    def member_outputs(self, x: torch.Tensor) -> torch.Tensor:
+        outputs: List[torch.Tensor] = []
+        for member in self.members:
+            outputs.append(member(x))
+        return torch.stack(outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.member_outputs(x)
+
+
+def stack_members(members: Sequence[nn.Module]) -> nn.Module:
+    """A ``FusedAE`` of the members for inference, or ``LoopedMembers`` (with a log line) if they do not fuse."""
+    reason = fusable(members)
+    if reason is None:
+        return FusedAE(members)
+    logging.getLogger("ddad").info("members run one after another: %s", reason)
+    return LoopedMembers(members)

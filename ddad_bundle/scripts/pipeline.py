@@ -7,6 +7,11 @@ were trained with. ``forward(x)`` with a preprocessed batch (B, C, H, W) returns
 the maps' spatial means. Evaluation and inference both run this one module, so the numbers they
 report come from the same code.
 
+All 2K members (NDM, then UDM) run as one ``scripts.fused.FusedAE``: one batched pass of grouped
+convolutions and batched matrix products gives the (2K, B, C', H, W) stage-1 outputs, which the
+maps and the ASR-Nets then consume, so a batch costs a handful of large kernels instead of 2K
+networks' worth of small ones.
+
 Example::
 
     >>> pipeline = DDADPipeline(ndm_members, udm_members, refiners, scales)
@@ -15,11 +20,12 @@ Example::
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .fused import stack_members
 from .refinement import REFINER_SCORES, refiner_input
 from .scores import discrepancy_maps, member_rec_scores
 
@@ -43,8 +49,12 @@ class DDADPipeline(nn.Module):
             raise ValueError("refiners need the map_scale they were trained with (saved in asr_<name>.pt)")
         if "dual" in refiners and not udm_members:
             raise ValueError("the 'dual' refiner needs UDM members (R_dual uses A_inter)")
-        self.ndm = nn.ModuleList(ndm_members)
-        self.udm = nn.ModuleList(udm_members)
+        if len(ndm_members) < 2:
+            raise ValueError("A_intra needs at least 2 NDM members (config key 'num_members')")
+        self.num_ndm = len(ndm_members)
+        self.num_udm = len(udm_members)
+        # NDM and UDM members share one architecture: one fused network runs all of them.
+        self.members = stack_members(list(ndm_members) + list(udm_members))
         self.refiners = nn.ModuleDict(refiners)
         self.map_scale = dict(map_scale or {})
         self.heteroscedastic = heteroscedastic
@@ -52,7 +62,7 @@ class DDADPipeline(nn.Module):
 
     @property
     def score_names(self) -> list[str]:
-        names = ["A_rec", "A_rec_ensemble", "A_intra"] + (["A_inter"] if len(self.udm) else [])
+        names = ["A_rec", "A_rec_ensemble", "A_intra"] + (["A_inter"] if self.num_udm else [])
         return names + [REFINER_SCORES[r] for r in ("intra", "dual") if r in self.refiners]
 
     @property
@@ -64,9 +74,9 @@ class DDADPipeline(nn.Module):
         return "A_rec_ensemble"
 
     def stage1(self, x: torch.Tensor):
-        ndm = torch.stack([m(x) for m in self.ndm])
-        udm = torch.stack([m(x) for m in self.udm]) if len(self.udm) else None
-        return ndm, udm
+        """NDM outputs (K, B, C', H, W) and UDM outputs (or None) of a batch (B, C, H, W), in one pass."""
+        outputs = self.members.member_outputs(x)
+        return outputs[: self.num_ndm], (outputs[self.num_ndm :] if self.num_udm else None)
 
     def maps_from(self, x: torch.Tensor, ndm: torch.Tensor, udm: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
         """All maps from the stage-1 outputs of ``x``; the ASR-Nets refine them."""
@@ -89,7 +99,7 @@ class DDADPipeline(nn.Module):
 class DeployedPipeline(nn.Module):
     """The trained model as one TorchScript-scriptable module: ``image`` (B, C, H, W) in,
     ``pred`` (B, 1, H, W) out, the map of the deployment score (``DDADPipeline.primary_score``:
-    R_dual, else R_intra, else A_inter, else A_intra). All NDM and UDM members, the discrepancy
+    R_dual, else R_intra, else A_inter, else A_intra). All NDM and UDM members (fused), the discrepancy
     maps (``scripts.scores.discrepancy_maps``, scripted as they are) and the ASR-Net run inside.
     The image score is the spatial mean of ``pred``; the inference config computes it.
     """
@@ -97,9 +107,9 @@ class DeployedPipeline(nn.Module):
     def __init__(self, pipeline: DDADPipeline):
         super().__init__()
         self.score_name: str = pipeline.primary_score
-        self.ndm = pipeline.ndm
-        self.udm = pipeline.udm
-        self.has_udm: bool = len(pipeline.udm) > 0
+        self.members = pipeline.members
+        self.num_ndm: int = pipeline.num_ndm
+        self.has_udm: bool = pipeline.num_udm > 0
         self.heteroscedastic: bool = bool(pipeline.heteroscedastic)
         refiner = {"R_dual": "dual", "R_intra": "intra"}.get(self.score_name)
         self.use_refiner: bool = refiner is not None
@@ -110,15 +120,9 @@ class DeployedPipeline(nn.Module):
         self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # TorchScript iterates a ModuleList only as an attribute, hence two loops.
-        ndm_outputs: List[torch.Tensor] = []
-        for member in self.ndm:
-            ndm_outputs.append(member(image))
-        udm_outputs: List[torch.Tensor] = []
-        for member in self.udm:
-            udm_outputs.append(member(image))
-        ndm = torch.stack(ndm_outputs)
-        udm: Optional[torch.Tensor] = torch.stack(udm_outputs) if self.has_udm else None
+        outputs = self.members.member_outputs(image)  # (2K, B, C', H, W): all members, one fused pass
+        ndm = outputs[: self.num_ndm]
+        udm: Optional[torch.Tensor] = outputs[self.num_ndm :] if self.has_udm else None
         maps = discrepancy_maps(image, ndm, udm, self.heteroscedastic)
         if not self.use_refiner:
             return maps[self.score_name]
