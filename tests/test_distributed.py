@@ -23,7 +23,7 @@ from scripts.distributed import ReplicaObjective, plan_members
 from scripts.ensemble import EnsembleTrainer, MemberBatches, adam_optimizers, seeded_members
 from scripts.losses import MSEObjective
 
-# A very small stage 1: 36 training normals (4 held out), 20 unlabeled, 16x16 images, 2 epochs.
+# A very small stage 1: 40 training normals (and 4 validation images), 20 unlabeled, 16x16 images, 2 epochs.
 TINY_STAGE1 = {
     "epochs": 2,
     "image_size": 16,
@@ -126,8 +126,8 @@ def test_two_processes_give_the_single_process_weights(tmp_path):
     assert sorted(p.name for p in multi.glob("*.pt")) == sorted(
         names + [n.replace(".pt", "_checkpoint_2.pt") for n in names])
     assert (multi.parent / "run_record_training.json").is_file()
-    # the documented plan was used, over the real pools: D_n 36 (40 less 4 held out), D_n + D_u 56
-    plan = plan_members(3, {"ndm": 36, "udm": 56}, world_size=2)
+    # the documented plan was used, over the real pools: D_n 40 (validation images are separate), D_n + D_u 60
+    plan = plan_members(3, {"ndm": 40, "udm": 60}, world_size=2)
     assert plan.members("udm", 0) == [0, 2]  # a rank's members need not be consecutive
     assert plan.describe() in result.stdout + result.stderr
 
@@ -138,7 +138,7 @@ def test_more_processes_than_members_trains_a_member_with_ddp(tmp_path):
     overrides["phantom#n_unlabeled"] = 0  # one member in all, two processes: one DDP group
     result = torchrun(2, overrides)
     log = result.stdout + result.stderr
-    assert "ndm0(1/2)" in log and "replicas hold the same parameters" in log
+    assert "ndm0(1/2)" in log and "DDP replicas of a member hold the same parameters" in log
     models = tmp_path / "runs" / "cxr_phantom_ae" / "models"
     assert sorted(p.name for p in models.glob("*.pt")) == ["ndm_member0.pt", "ndm_member0_checkpoint_2.pt"]
     weights = load_weights(models / "ndm_member0.pt")
