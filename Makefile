@@ -9,7 +9,7 @@ MODALITY ?= cxr
 EPOCHS ?=
 DEPLOY ?=
 
-.PHONY: demo test env clean-runs
+.PHONY: demo test bench env clean-runs
 
 env: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ demo: env
 
 test: env
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests
+
+# Training and inference speed on this machine: JSON + table into ddad_bundle/docs/performance.md.
+bench: env
+	$(PY) benchmarks/speed.py --out ddad_bundle/docs/performance.md
 
 clean-runs:
 	rm -rf runs
