@@ -8,8 +8,10 @@ import torch
 from scripts.ensemble import seeded_members
 from scripts.networks import AE
 from scripts.pipeline import DDADPipeline
-from scripts.refinement import (MapExtractor, RefinementTrainer, RefinerSelection, build_refiners, load_refiner,
-                                make_validation_set, map_scales, refiner_names)
+from scripts.refinement import (REFINER_SCORES, RELIABLE_SELECTION_AUC, MapExtractor, RefinementTrainer,
+                                RefinerSelection, build_refiners, load_refiner, make_validation_set, map_scales,
+                                refiner_names)
+from scripts.reports import ScoreReport, format_table
 
 
 def members(seeds):
@@ -112,3 +114,28 @@ def test_refiners_learn_to_find_synthetic_patches_when_the_maps_show_them(tmp_pa
     RefinementTrainer("cpu", 3, build_refiners(["dual", "intra"], 0, width=32), DeviationMaps(), make(120), seed=0,
                       handlers=[selection], scales={"A_intra": 0.1, "A_inter": 0.1}).run()
     assert selection.best["dual"]["val_auc"] > 0.85 and selection.best["intra"]["val_auc"] > 0.85
+
+
+def test_a_refiner_that_never_beats_chance_is_flagged_in_record_log_and_report(extractor, images, tmp_path, caplog):
+    # Random maps of random images: nothing for the refiners to learn, so validation AUC stays near 0.5.
+    validation = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    selection = RefinerSelection(tmp_path, validation, seed=0)
+    trainer = RefinementTrainer("cpu", 1, build_refiners(["dual", "intra"], seed=0, width=8), extractor, images,
+                                seed=0, batch_size=8, handlers=[selection])
+    with caplog.at_level("WARNING", logger="ddad"):
+        trainer.run()
+    record = json.loads((tmp_path / "asr_selection.json").read_text())
+    for name, entry in record["refiners"].items():
+        assert entry["reliable"] == (entry["val_auc"] >= RELIABLE_SELECTION_AUC)
+    unreliable = [n for n, e in record["refiners"].items() if not e["reliable"]]
+    assert unreliable, "a refiner trained one epoch on random maps should not look reliable"
+    assert all(f"asr {n}: best validation AUC" in caplog.text for n in unreliable)
+
+    metrics = {"A_inter": {"auc": 0.9, "ap": 0.9}, "R_dual": {"auc": 0.3, "ap": 0.4}, "R_intra": {"auc": 0.5, "ap": 0.5}}
+    report = ScoreReport(tmp_path / "eval", selection_file=tmp_path / "asr_selection.json")
+    report.add_selection(metrics)
+    assert metrics["R_dual"]["selection_val_auc"] == pytest.approx(record["refiners"]["dual"]["val_auc"])
+    assert "selection_val_auc" not in metrics["A_inter"]
+    table = format_table(metrics)
+    for name in unreliable:
+        assert f"note: {REFINER_SCORES[name]}'s ASR-Net reached only" in table

@@ -15,6 +15,7 @@ Example (config)::
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from .figures import map_panel, score_histograms
 from .files import write_csv_atomic, write_json_atomic
 from .metrics import chi2_histogram_distance, summarize_scores
+from .refinement import REFINER_SCORES, RELIABLE_SELECTION_AUC
 from .scores import ALL_SCORES
 
 logger = logging.getLogger("ddad")
@@ -40,6 +42,10 @@ def format_table(metrics: dict) -> str:
         if pixel:
             row += f"{m.get('pixel_auroc', float('nan')):>13.3f}"
         lines.append(row)
+    unreliable = [n for n, m in metrics.items() if m.get("selection_reliable") is False]
+    for name in unreliable:
+        lines.append(f"note: {name}'s ASR-Net reached only {metrics[name]['selection_val_auc']:.3f} validation AUC on "
+                     "synthetic anomalies: not a trained detector at this budget (see asr_selection.json)")
     return "\n".join(lines)
 
 
@@ -51,11 +57,14 @@ class ScoreReport:
         n_boot: bootstrap resamples for ``auc_ci95``.
         seed: seed of the bootstrap.
         print_table: print the AUC/AP table to stdout.
+        selection_file: stage 2's ``asr_selection.json``; its validation AUCs are copied into the R
+            scores' entries (``selection_val_auc``, ``selection_reliable``) and flagged in the table.
     """
 
     def __init__(self, output_dir, n_boot: int = 1000, seed: int = 0, print_table: bool = True,
-                 panel_images: int = 6, figures: bool = True):
+                 panel_images: int = 6, figures: bool = True, selection_file=None):
         self.output_dir = Path(output_dir)
+        self.selection_file = Path(selection_file) if selection_file else None
         self.panel_images = panel_images
         self.figures = figures
         self.samples: list[dict] = []
@@ -118,9 +127,21 @@ class ScoreReport:
             if pixel is not None:
                 entry["pixel_auroc"] = pixel
             metrics[name] = entry
+        self.add_selection(metrics)
         members = np.concatenate(self.member_scores, axis=1)
         metrics["A_rec"]["auc_per_member"] = [float(roc_auc_score(labels, m)) for m in members]
         return metrics
+
+    def add_selection(self, metrics: dict) -> None:
+        """Copy each refiner's validation (never test) AUC into its score's entry."""
+        if self.selection_file is None or not self.selection_file.is_file():
+            return
+        refiners = json.loads(self.selection_file.read_text()).get("refiners", {})
+        for refiner, entry in refiners.items():
+            score = REFINER_SCORES.get(refiner)
+            if score in metrics:
+                metrics[score]["selection_val_auc"] = float(entry["val_auc"])
+                metrics[score]["selection_reliable"] = bool(entry["val_auc"] >= RELIABLE_SELECTION_AUC)
 
     def pixel_auroc(self, name: str):
         """Pixel-level AUROC of a map against the lesion masks, or None without masks."""
