@@ -39,10 +39,13 @@ class DDADPipeline(nn.Module):
         refiners: {"dual": ASRNet, "intra": ASRNet}, either or both, or empty before stage 2.
         map_scale: the refiners' input scales (``asr_<name>.pt``).
         heteroscedastic: AE-U outputs.
+        channels_last: run the convolutions in the channels-last memory format (about 20% faster
+            on CPU for the fused members and the 128-channel ASR-Net, docs/performance.md).
     """
 
     def __init__(self, ndm_members: Sequence[nn.Module], udm_members: Sequence[nn.Module] = (),
-                 refiners: Optional[dict] = None, map_scale: Optional[dict] = None, heteroscedastic: bool = False):
+                 refiners: Optional[dict] = None, map_scale: Optional[dict] = None, heteroscedastic: bool = False,
+                 channels_last: bool = True):
         super().__init__()
         refiners = dict(refiners or {})
         if refiners and not map_scale:
@@ -58,6 +61,8 @@ class DDADPipeline(nn.Module):
         self.refiners = nn.ModuleDict(refiners)
         self.map_scale = dict(map_scale or {})
         self.heteroscedastic = heteroscedastic
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(memory_format=self.memory_format)
         self.eval()
 
     @property
@@ -75,7 +80,7 @@ class DDADPipeline(nn.Module):
 
     def stage1(self, x: torch.Tensor):
         """NDM outputs (K, B, C', H, W) and UDM outputs (or None) of a batch (B, C, H, W), in one pass."""
-        outputs = self.members.member_outputs(x)
+        outputs = self.members.member_outputs(x.contiguous(memory_format=self.memory_format))
         return outputs[: self.num_ndm], (outputs[self.num_ndm :] if self.num_udm else None)
 
     def maps_from(self, x: torch.Tensor, ndm: torch.Tensor, udm: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -83,7 +88,7 @@ class DDADPipeline(nn.Module):
         maps = discrepancy_maps(x, ndm, udm, self.heteroscedastic)
         for name in ("intra", "dual"):
             if name in self.refiners:
-                logits = self.refiners[name](refiner_input(maps, name, self.map_scale))
+                logits = self.refiners[name](refiner_input(maps, name, self.map_scale).contiguous(memory_format=self.memory_format))
                 maps[REFINER_SCORES[name]] = torch.softmax(logits, dim=1)[:, 1:2]
         return maps
 
@@ -117,10 +122,12 @@ class DeployedPipeline(nn.Module):
         self.dual: bool = refiner == "dual"
         self.scale_inter: float = float(pipeline.map_scale.get("A_inter", 1.0))
         self.scale_intra: float = float(pipeline.map_scale.get("A_intra", 1.0))
+        self.channels_last: bool = pipeline.memory_format == torch.channels_last
         self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        outputs = self.members.member_outputs(image)  # (2K, B, C', H, W): all members, one fused pass
+        x = image.contiguous(memory_format=torch.channels_last) if self.channels_last else image
+        outputs = self.members.member_outputs(x)  # (2K, B, C', H, W): all members, one fused pass
         ndm = outputs[: self.num_ndm]
         udm: Optional[torch.Tensor] = outputs[self.num_ndm :] if self.has_udm else None
         maps = discrepancy_maps(image, ndm, udm, self.heteroscedastic)
@@ -129,4 +136,7 @@ class DeployedPipeline(nn.Module):
         inputs = [maps["A_intra"] / self.scale_intra]
         if self.dual:
             inputs = [maps["A_inter"] / self.scale_inter] + inputs
-        return torch.softmax(self.refiner(torch.cat(inputs, dim=1)), dim=1)[:, 1:2]
+        refiner_input = torch.cat(inputs, dim=1)
+        if self.channels_last:
+            refiner_input = refiner_input.contiguous(memory_format=torch.channels_last)
+        return torch.softmax(self.refiner(refiner_input), dim=1)[:, 1:2]
