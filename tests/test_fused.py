@@ -212,3 +212,23 @@ def test_members_receive_the_fused_weights():
         fused.decoder[-1].weight.add_(1.0)
     load_into_members(fused, members)
     assert torch.allclose(members[1].decoder[-1].weight, fused.decoder[-1].weight.chunk(2)[1])
+
+
+def test_training_config_takes_the_fast_path_by_default(images):
+    import inspect
+    import json
+    from pathlib import Path
+
+    config = json.loads((Path(__file__).resolve().parents[1] / "ddad_bundle" / "configs" / "train.json").read_text())
+    assert config["ensemble_mode"] == "auto"
+    accepted = set(inspect.signature(EnsembleTrainer.__init__).parameters) | {"num_workers"}
+    for module in ("ndm", "udm"):
+        trainer = config[module]["trainer"]
+        assert trainer["_target_"] == "scripts.ensemble.build_ensemble_trainer"
+        assert trainer["ensemble_mode"] == "@ensemble_mode"
+        assert set(trainer) - {"_target_", "_disabled_"} <= accepted
+    seeds = member_seeds(0, "ndm", 2)
+    members = seeded_members(factory("ae"), seeds)
+    built = build_ensemble_trainer(device="cpu", max_epochs=1, members=members, optimizers=adam_optimizers(members),
+                                   objective=objective_for("ae"), data=MemberBatches(images, seeds, batch_size=8))
+    assert isinstance(built, EnsembleTrainer) and built.ensemble_mode == "sequential"  # auto on a CPU
