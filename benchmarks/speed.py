@@ -213,7 +213,7 @@ def end_to_end(device, args) -> dict:
         cli.run_workflows(["training", "training_asr"], overrides)
         seconds = time.perf_counter() - start
     return {"stage1_epochs": args.e2e_epochs, "stage2_epochs": args.e2e_asr_epochs, "seconds": seconds,
-            "data": "CXR phantoms: D_n 400 (360 training + 40 validation), D_u 400 (AR 60%), 64x64; "
+            "data": "CXR phantoms: D_n 400 training + 40 validation normals, D_u 400 (AR 60%), 64x64; "
                     "batch 64 (stage 1), 8 (stage 2); K = 3 per module"}
 
 
