@@ -139,3 +139,17 @@ def test_a_refiner_that_never_beats_chance_is_flagged_in_record_log_and_report(e
     table = format_table(metrics)
     for name in unreliable:
         assert f"note: {REFINER_SCORES[name]}'s ASR-Net reached only" in table
+
+
+def test_extractor_runs_the_members_fused_and_gives_the_per_member_maps(extractor, images):
+    from scripts.fused import FusedAE
+    from scripts.scores import discrepancy_maps
+
+    assert isinstance(extractor.members, FusedAE)
+    with torch.no_grad():
+        ndm = torch.stack([m(images) for m in extractor.ndm])
+        udm = torch.stack([m(images) for m in extractor.udm])
+    expected = discrepancy_maps(images, ndm, udm, False)
+    got = extractor(images)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5)

@@ -42,6 +42,7 @@ from torch import nn
 
 from .ensemble import MemberBatches, bf16_autocast, member_seeds
 from .files import torch_save_atomic, write_json_atomic
+from .fused import stack_members
 from .losses import asr_focal_loss
 from .networks import ASRNet
 from .scores import discrepancy_maps
@@ -60,13 +61,18 @@ REFINER_SCORES = {"dual": "R_dual", "intra": "R_intra"}
 
 
 class MapExtractor(nn.Module):
-    """Frozen stage-1 ensembles -> discrepancy maps (B, 1, H, W) of a batch (B, C, H, W)."""
+    """Frozen stage-1 ensembles -> discrepancy maps (B, 1, H, W) of a batch (B, C, H, W).
+
+    All NDM and UDM members run as one fused network (``scripts.fused.stack_members``), one
+    batched pass per stage-2 batch, as in evaluation and inference.
+    """
 
     def __init__(self, ndm_members: Sequence[nn.Module], udm_members: Sequence[nn.Module] = (),
                  heteroscedastic: bool = False):
         super().__init__()
         self.ndm = nn.ModuleList(ndm_members)
         self.udm = nn.ModuleList(udm_members)
+        self.members = stack_members(list(ndm_members) + list(udm_members))
         self.heteroscedastic = heteroscedastic
         for p in self.parameters():
             p.requires_grad_(False)
@@ -78,9 +84,10 @@ class MapExtractor(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        ndm = torch.stack([m(x) for m in self.ndm])
-        udm = torch.stack([m(x) for m in self.udm]) if len(self.udm) else None
-        return discrepancy_maps(x, ndm, udm, self.heteroscedastic)
+        outputs = self.members.member_outputs(x)  # (2K, B, C', H, W)
+        k = len(self.ndm)
+        udm = outputs[k:] if len(self.udm) else None
+        return discrepancy_maps(x, outputs[:k], udm, self.heteroscedastic)
 
 
 def refiner_names(has_unlabeled: bool) -> list[str]:
