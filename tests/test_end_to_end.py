@@ -33,8 +33,9 @@ def test_cxr_phantoms_end_to_end(cxr_run):
     _, output_dir = cxr_run
     metrics = check_metrics(output_dir)
     assert metrics["A_inter"]["auc"] > 0.6
-    records = sorted(p.name for p in output_dir.glob("run_record_*.json"))
-    assert records == ["run_record_evaluating.json", "run_record_training.json", "run_record_training_asr.json"]
+    # The run folder is shared with the export and deployment tests, which add their own records.
+    records = {p.name for p in output_dir.glob("run_record_*.json")}
+    assert records >= {"run_record_evaluating.json", "run_record_training.json", "run_record_training_asr.json"}
     record = json.loads((output_dir / "run_record_training.json").read_text())
     assert record["seed"] == 0 and record["versions"]["monai"] and record["config"]["epochs"] == 20
     selection = json.loads((output_dir / "models" / "asr_selection.json").read_text())

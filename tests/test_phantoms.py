@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -160,11 +159,10 @@ def test_refuses_to_overwrite_a_foreign_split(tmp_path):
         generate_phantom_dataset(tmp_path, **SMALL)
 
 
-def test_two_hundred_images_at_64_take_a_few_seconds(tmp_path):
-    start = time.perf_counter()
+def test_two_hundred_images_at_64_are_all_written(tmp_path):
+    # Generation speed is reported by benchmarks, not asserted here: a timed assertion fails on a loaded machine.
     generate_phantom_dataset(tmp_path, "fundus", n_normal=80, n_validation=10, n_unlabeled=60, anomaly_rate=0.5,
                              n_test_normal=25, n_test_abnormal=25, size=64, seed=0)
-    assert time.perf_counter() - start < 5.0
     assert len(list((tmp_path / "images").iterdir())) == 200
 
 
