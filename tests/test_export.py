@@ -12,14 +12,21 @@ from scripts.networks import build_backbone
 from scripts.pipeline import DeployedPipeline
 
 
-@pytest.mark.slow
-def test_model_ts_gives_the_python_pipeline_maps(cxr_run, tmp_path):
-    runs_dir, output_dir = cxr_run
-    model_ts = tmp_path / "model.ts"
+@pytest.fixture(scope="module")
+def exported(cxr_run, tmp_path_factory):
+    """The shared CXR run exported once: (model.ts path, scripted module, embedded extra files as bytes)."""
+    runs_dir, _ = cxr_run
+    model_ts = tmp_path_factory.mktemp("export") / "model.ts"
     assert cli_main(["export", "--runs_dir", str(runs_dir), "--image_size", "32", "--model_ts", str(model_ts)]) == 0
-
     extra = {"metadata.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(model_ts), _extra_files=extra)
+    return model_ts, scripted, extra
+
+
+@pytest.mark.slow
+def test_model_ts_gives_the_python_pipeline_maps(cxr_run, exported):
+    runs_dir, output_dir = cxr_run
+    _, scripted, extra = exported
     metadata = json.loads(extra["metadata.json"])
     assert metadata["ddad"]["score"] == "R_dual" and "threshold" in metadata["ddad"]
     assert json.loads(extra["inference.json"])["scorer"]["_target_"] == "scripts.inference.FolderScorer"
@@ -88,14 +95,12 @@ def test_deployed_architecture_refuses_dual_without_udm():
 
 
 @pytest.mark.slow
-def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_pipeline(cxr_run, tmp_path):
+def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_pipeline(cxr_run, exported,
+                                                                                        tmp_path):
     from monai.bundle import ConfigParser, verify_net_in_out
 
     runs_dir, output_dir = cxr_run
-    model_ts = tmp_path / "model.ts"
-    assert cli_main(["export", "--runs_dir", str(runs_dir), "--image_size", "32", "--model_ts", str(model_ts)]) == 0
-    extra = {"metadata.json": "", "inference.json": ""}
-    scripted = torch.jit.load(str(model_ts), _extra_files=extra)
+    model_ts, scripted, extra = exported
     metadata, config = json.loads(extra["metadata.json"]), json.loads(extra["inference.json"])
     # the embedded metadata and config describe this run (32x32), not the repository defaults (64x64)
     assert metadata["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32]
