@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ddad_bundle"))
 sys.path.insert(0, str(ROOT))
 
-from scripts.ensemble import (EnsembleTrainer, MemberBatches, PerMemberTrainer, adam_optimizers,  # noqa: E402
-                              bf16_autocast, member_seeds, seeded_members)
+from scripts.ensemble import (EnsembleTrainer, MemberBatches, MemberGroup, PerMemberTrainer,  # noqa: E402
+                              adam_optimizers, bf16_autocast, member_seeds, seeded_members)
 from scripts.losses import MSEObjective  # noqa: E402
 from scripts.networks import AE, ASRNet  # noqa: E402
 from scripts.phantoms import generate_phantom_dataset  # noqa: E402
@@ -76,34 +76,44 @@ def pool(n: int, size: int, device="cpu") -> torch.Tensor:
 # ---- stage-1 training ------------------------------------------------------------------------
 
 
-def plain_loop(device, batch: int, size: int, steps: int, amp: bool) -> float:
-    """Member-images/s of a bare PyTorch loop over one AE on one resident batch."""
+def plain_loop(device, batch: int, size: int, steps: int, amp: bool, compiled: bool = False) -> float:
+    """Member-images/s of a bare PyTorch loop over one AE on one resident batch (torch's default Adam)."""
     torch.manual_seed(0)
     net = AE(1, size, 16).to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=5e-4, betas=(0.5, 0.999))
     x = pool(batch, size, device)
+    forward = torch.compile(net) if compiled else net
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with bf16_autocast(amp, device):
-            out = net(x)
+            out = forward(x)
         torch.mean((out.float() - x) ** 2).backward()
         optimizer.step()
 
-    return batch / timed(step, device, steps)
+    return batch / timed(step, device, steps, warmup=3 if compiled else 2)
 
 
-def ensemble_run(kind: str, device, k: int, batch: int, size: int, steps: int, amp: bool, **options) -> float:
-    """Member-images/s of one epoch of ``steps`` iterations (after a warm-up run of 2 iterations)."""
+def ensemble_run(kind: str, device, k: int, batch: int, size: int, steps: int, amp: bool, joint: bool = False,
+                 fused_adam: bool = False, **options) -> float:
+    """Member-images/s of one epoch of ``steps`` iterations (after a warm-up run of 2 iterations).
+
+    ``joint``: both modules in one loop, as the bundle trains them: K NDM members on a pool of
+    ``steps`` batches and K UDM members on a pool twice that size (D_n + D_u at the demo's sizes).
+    """
+
+    def group(module, n_batches):
+        seeds = member_seeds(0, module, k)
+        members = seeded_members(lambda: AE(1, size, 16), seeds)
+        return MemberGroup(module, members, adam_optimizers(members, fused=fused_adam),
+                           MemberBatches(pool(batch * n_batches, size), seeds, batch))
 
     def build(n_batches):
-        seeds = member_seeds(0, "ndm", k)
-        members = seeded_members(lambda: AE(1, size, 16), seeds)
-        data = MemberBatches(pool(batch * n_batches, size), seeds, batch)
-        args = (device, 1, members, adam_optimizers(members), MSEObjective(), data)
+        groups = [group("ndm", n_batches)] + ([group("udm", 2 * n_batches)] if joint else [])
         if kind == "per_member":
-            return PerMemberTrainer(*args, amp=amp)
-        return EnsembleTrainer(*args, amp=amp, ensemble_mode=kind, **options)
+            g = groups[0]
+            return PerMemberTrainer(device, 1, g.members, g.optimizers, MSEObjective(), g.data, amp=amp)
+        return EnsembleTrainer(device, 1, objective=MSEObjective(), groups=groups, amp=amp, ensemble_mode=kind, **options)
 
     build(2).run()  # warm-up: allocator, oneDNN primitives, CUDA context
     trainer = build(steps)
@@ -111,7 +121,8 @@ def ensemble_run(kind: str, device, k: int, batch: int, size: int, steps: int, a
     start = time.perf_counter()
     trainer.run()
     sync(torch.device(device))
-    return k * batch * steps / (time.perf_counter() - start)
+    member_images = k * batch * steps * (3 if joint else 1)
+    return member_images / (time.perf_counter() - start)
 
 
 def stage1_training(device, args) -> list[dict]:
@@ -121,19 +132,27 @@ def stage1_training(device, args) -> list[dict]:
     rows = []
     b, s, k, n = args.batch_size, args.image_size, args.members, args.steps
     default = resolve_ensemble_mode("auto", device)
+    cpu = torch.device(device).type == "cpu"
+
+    def row(path, precision, value):
+        rows.append({"path": path, "precision": precision, "member_images_per_s": value})
+
     for amp, steps in ((False, n), (True, args.bf16_steps)):
-        rows.append({"path": "plain PyTorch loop, one AE", "precision": "bf16" if amp else "float32",
-                     "member_images_per_s": plain_loop(device, b, s, steps, amp)})
-    rows.append({"path": "per-member Ignite (SupervisedTrainer + DataLoader per member)", "precision": "float32",
-                 "member_images_per_s": ensemble_run("per_member", device, k, b, s, n, False)})
-    for kind in ("sequential", "fused"):
-        label = f"EnsembleTrainer, {kind}" + (" (default here)" if kind == default else "")
-        rows.append({"path": label, "precision": "float32",
-                     "member_images_per_s": ensemble_run(kind, device, k, b, s, n, False)})
-    rows.append({"path": f"EnsembleTrainer, {default}, channels_last", "precision": "float32",
-                 "member_images_per_s": ensemble_run(default, device, k, b, s, n, False, channels_last=True)})
-    rows.append({"path": f"EnsembleTrainer, {default}", "precision": "bf16",
-                 "member_images_per_s": ensemble_run(default, device, k, b, s, args.bf16_steps, True)})
+        row("plain PyTorch loop, one AE", "bf16" if amp else "float32", plain_loop(device, b, s, steps, amp))
+    if args.compile:
+        row("plain PyTorch loop, one AE, torch.compile", "float32", plain_loop(device, b, s, n, False, compiled=True))
+    row("per-member Ignite (SupervisedTrainer + DataLoader per member)", "float32",
+        ensemble_run("per_member", device, k, b, s, n, False))
+    for kind in ("sequential", "fused", "concurrent"):
+        row(f"EnsembleTrainer, one module, {kind}", "float32", ensemble_run(kind, device, k, b, s, n, False))
+    row(f"EnsembleTrainer, one module, {default}, fused Adam", "float32",
+        ensemble_run(default, device, k, b, s, n, False, fused_adam=True))
+    row(f"EnsembleTrainer, one module, {default}, fused Adam, channels_last", "float32",
+        ensemble_run(default, device, k, b, s, n, False, fused_adam=True, channels_last=True))
+    label = f"bundle default: NDM + UDM in one loop, {default}, fused Adam" + (", channels_last" if cpu else "")
+    row(label, "float32", ensemble_run(default, device, k, b, s, n, False, joint=True, fused_adam=True, channels_last=cpu))
+    row(label, "bf16", ensemble_run(default, device, k, b, s, args.bf16_steps, True, joint=True, fused_adam=True,
+                                    channels_last=cpu))
     return rows
 
 
@@ -301,6 +320,7 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--e2e_epochs", type=int, default=5)
     parser.add_argument("--e2e_asr_epochs", type=int, default=2)
     parser.add_argument("--skip_end_to_end", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile on the plain loop (slow to build)")
     parser.add_argument("--quick", action="store_true", help="tiny settings to check that everything runs")
     args = parser.parse_args(argv)
     if args.quick:

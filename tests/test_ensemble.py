@@ -4,7 +4,8 @@ import pytest
 import torch
 from ignite.engine import Events
 
-from scripts.ensemble import EnsembleTrainer, MemberBatches, adam_optimizers, member_seeds, seeded_members, shuffle_order
+from scripts.ensemble import (EnsembleTrainer, MemberBatches, MemberGroup, adam_optimizers, member_seeds, seeded_members,
+                              shuffle_order)
 from scripts.handlers import MemberCheckpoints, final_weights_path
 from scripts.losses import MSEObjective
 from scripts.networks import AE
@@ -146,3 +147,116 @@ def test_cosine_schedule_decays_to_zero(images, tmp_path):
 def test_unknown_schedule_names_the_key(images, tmp_path):
     with pytest.raises(ValueError, match="lr_schedule"):
         make_trainer(images, tmp_path, epochs=1, lr_schedule="step")
+
+
+# ---- both modules in one loop, and the concurrent mode ---------------------------------------
+
+
+def module_group(module, pool, ckpt_dir=None, seed=0, fused_adam=False):
+    seeds = member_seeds(seed, module, 3)
+    members = seeded_members(tiny_ae, seeds)
+    handlers = [MemberCheckpoints(ckpt_dir, module)] if ckpt_dir is not None else []
+    return MemberGroup(module, members, adam_optimizers(members, fused=fused_adam), MemberBatches(pool, seeds, batch_size=8),
+                       handlers=handlers)
+
+
+@pytest.fixture
+def pools(images):
+    """D_n (20 images: 3 batches) and D_n + D_u (36 images: 5 batches), as the two modules see them."""
+    extra = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    return images, torch.cat([images, extra])
+
+
+def joint_trainer(pools, ckpt_dir=None, epochs=2, mode="sequential", **kwargs):
+    groups = [module_group("ndm", pools[0], ckpt_dir), module_group("udm", pools[1], ckpt_dir)]
+    return EnsembleTrainer("cpu", epochs, objective=MSEObjective(), groups=groups, ensemble_mode=mode, **kwargs)
+
+
+def test_one_loop_for_both_modules_equals_each_module_trained_alone(pools, tmp_path):
+    alone = [make_trainer(pool, tmp_path / "alone", epochs=2, module=module, handlers=[])
+             for module, pool in zip(("ndm", "udm"), pools)]
+    for trainer in alone:
+        trainer.run()
+    joint = joint_trainer(pools, tmp_path / "joint", lr_schedule="constant")
+    joint.run()
+    assert joint.state.epoch_length == 5  # the UDM's pool; the NDM's 3 batches come first
+    assert joint.member_modules == [("ndm", 0), ("ndm", 1), ("ndm", 2), ("udm", 0), ("udm", 1), ("udm", 2)]
+    assert_same_weights(weights(joint), weights(alone[0]) + weights(alone[1]))
+    assert {"loss", "ndm_loss", "udm_loss", "member_losses"} <= set(joint.state.output)
+    for module, trainer in zip(("ndm", "udm"), alone):
+        for k in range(3):
+            saved = torch.load(final_weights_path(tmp_path / "joint", module, k))
+            assert torch.equal(saved["encoder.0.0.weight"], trainer.members[k].encoder[0][0].weight)
+            assert len(list((tmp_path / "joint").glob(f"{module}_member{k}_checkpoint_*.pt"))) == 1
+
+
+@pytest.mark.parametrize("fused_adam", [False, True])
+def test_concurrent_mode_equals_sequential_under_one_torch_thread(pools, fused_adam):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = EnsembleTrainer("cpu", 2, objective=MSEObjective(), ensemble_mode="sequential",
+                                    groups=[module_group(m, p, fused_adam=fused_adam) for m, p in zip(("ndm", "udm"), pools)])
+        reference.run()
+    finally:
+        torch.set_num_threads(previous)
+    concurrent = EnsembleTrainer("cpu", 2, objective=MSEObjective(), ensemble_mode="concurrent", threads=2,
+                                 groups=[module_group(m, p, fused_adam=fused_adam) for m, p in zip(("ndm", "udm"), pools)])
+    assert concurrent.ensemble_mode == "concurrent" and concurrent.workers == 2
+    concurrent.run()
+    assert torch.get_num_threads() == previous  # the run gives the process its thread count back
+    assert concurrent.pool is None
+    assert_same_weights(weights(concurrent), weights(reference))
+
+
+def test_fused_adam_takes_the_same_steps_to_float_tolerance(images):
+    plain = make_trainer(images, None, epochs=2, handlers=[])
+    plain.run()
+    seeds = member_seeds(0, "ndm", 3)
+    members = seeded_members(tiny_ae, seeds)
+    fused = EnsembleTrainer("cpu", 2, members, adam_optimizers(members, fused=True), MSEObjective(),
+                            MemberBatches(images, seeds, batch_size=8))
+    fused.run()
+    assert fused.optimizers[0].defaults["fused"] is True
+    steps, lr = 6, 5e-4
+    for a, b in zip(weights(fused), weights(plain)):
+        for key in a:
+            if key.endswith("bias") or key.endswith("running_mean"):
+                # biases that feed BatchNorm have a rounding-noise gradient, which Adam turns into
+                # steps of +-lr; the running means average them
+                assert (a[key] - b[key]).abs().max() <= steps * lr + 1e-6, key
+            else:
+                assert torch.allclose(a[key], b[key], atol=1e-5, rtol=1e-4), key
+
+
+def test_joint_run_resumes_both_modules_to_the_same_weights(pools, tmp_path):
+    reference = joint_trainer(pools, tmp_path / "ref", epochs=3, mode="concurrent", threads=2, lr_schedule="cosine")
+    reference.run()
+
+    class Interrupt(Exception):
+        pass
+
+    interrupted = joint_trainer(pools, tmp_path / "run", epochs=3, mode="concurrent", threads=2, lr_schedule="cosine")
+
+    @interrupted.on(Events.ITERATION_COMPLETED)
+    def crash(engine):
+        if engine.state.epoch == 3 and engine.state.iteration % engine.state.epoch_length == 4:
+            raise Interrupt()  # the NDM has finished its epoch-3 batches, the UDM has not
+
+    with pytest.raises(Interrupt):
+        interrupted.run()
+    resumed = joint_trainer(pools, tmp_path / "run", epochs=3, mode="concurrent", threads=2, lr_schedule="cosine")
+    resumed.run()
+    assert_same_weights(weights(resumed), weights(reference))
+
+
+def test_modules_resuming_from_different_epochs_are_refused(pools, tmp_path):
+    joint_trainer(pools, tmp_path, epochs=1).run()
+    for k in range(3):  # the UDM's checkpoints from an older run
+        next(tmp_path.glob(f"udm_member{k}_checkpoint_*.pt")).rename(tmp_path / f"udm_member{k}_checkpoint_0.pt")
+    joint_trainer(pools, tmp_path / "other", epochs=2).run()
+    for k in range(3):
+        next((tmp_path / "other").glob(f"ndm_member{k}_checkpoint_*.pt")).rename(tmp_path / f"ndm_member{k}_checkpoint_2.pt")
+        (tmp_path / f"ndm_member{k}_checkpoint_1.pt").unlink()
+    with pytest.raises(RuntimeError, match="another module"):
+        joint_trainer(pools, tmp_path, epochs=3).run()

@@ -15,6 +15,7 @@ from scripts.losses import objective_for
 from scripts.networks import build_backbone
 
 BACKBONES = ("ae", "memae", "aeu")
+STEPS, LR = 6, 5e-4  # make_trainer: 20 images, batch 8 -> 3 steps per epoch, 2 epochs; adam_optimizers' lr
 
 
 def factory(backbone):
@@ -103,8 +104,15 @@ def test_both_forms_reproduce_the_per_member_path(backbone, mode, images):
             # that average them; weights with near-zero gradients may differ by a fraction of lr.
             if not exact and (key in free or key.endswith("running_mean")):
                 continue
-            assert torch.allclose(got[key].float(), want[key].float(), atol=0 if exact else 1e-4,
-                                  rtol=0 if exact else 1e-4), key
+            if exact:
+                assert torch.equal(got[key], want[key]), key
+                continue
+            # Adam divides by the gradient's own scale, so a weight whose gradient is rounding noise
+            # moves by up to lr per step either way: a few such weights (which ones depends on the
+            # CPU's kernels) may differ by up to steps * lr; all others agree to 1e-4.
+            difference = (got[key].float() - want[key].float()).abs()
+            off = difference > 1e-4 + 1e-4 * want[key].float().abs()
+            assert off.float().mean() <= 1e-3 and difference.max() <= STEPS * LR + 1e-6, key
         # the training updates themselves agree to 1% in norm (a mixed-up member would not)
         start = initial[k].state_dict()
         for key, _ in net.named_parameters():
@@ -114,7 +122,7 @@ def test_both_forms_reproduce_the_per_member_path(backbone, mode, images):
         # Batch statistics cancel the gradient-free biases exactly, so training-mode
         # reconstructions agree to float tolerance; evaluation mode carries the running-mean drift.
         with torch.no_grad():
-            assert torch.allclose(trainer.members[k].train()(x), net.train()(x), atol=0 if exact else 1e-4)
+            assert torch.allclose(trainer.members[k].train()(x), net.train()(x), atol=0 if exact else 1e-3)
             assert torch.allclose(trainer.members[k].eval()(x), net.eval()(x), atol=0 if exact else 2e-3)
         got, want = trainer.optimizers[k].state_dict()["state"], optimizer.state_dict()["state"]
         names = [n for n, _ in net.named_parameters()]
@@ -122,8 +130,11 @@ def test_both_forms_reproduce_the_per_member_path(backbone, mode, images):
             for name in ("exp_avg", "exp_avg_sq", "step"):
                 if names[index] in free and name != "step":
                     continue  # moments of rounding noise
-                assert torch.allclose(got[index][name], want[index][name], atol=0 if exact else 1e-6,
-                                      rtol=0 if exact else 1e-3), (names[index], name)
+                if exact or name == "step":
+                    assert torch.equal(got[index][name], want[index][name]), (names[index], name)
+                else:  # moments follow the gradients: equal to 1% in norm (MemAE's shrinkage amplifies rounding)
+                    gap = (got[index][name] - want[index][name]).norm()
+                    assert gap <= 1e-2 * want[index][name].norm() + 1e-12, (names[index], name)
 
 
 def test_optimizer_state_round_trip():
@@ -181,7 +192,7 @@ def test_fused_without_a_fused_objective_falls_back_to_sequential(images, caplog
 
 
 def test_modes_resolve_per_device_and_unknown_names_the_key():
-    assert resolve_ensemble_mode("auto", "cpu") == "sequential"
+    assert resolve_ensemble_mode("auto", "cpu") == "concurrent"
     assert resolve_ensemble_mode("auto", "cuda") == "fused"
     assert resolve_ensemble_mode("per_member", "cpu") == "per_member"
     with pytest.raises(ValueError, match="ensemble_mode"):
@@ -220,15 +231,17 @@ def test_training_config_takes_the_fast_path_by_default(images):
     from pathlib import Path
 
     config = json.loads((Path(__file__).resolve().parents[1] / "ddad_bundle" / "configs" / "train.json").read_text())
-    assert config["ensemble_mode"] == "auto"
+    assert config["ensemble_mode"] == "auto" and config["fused_adam"] is True
+    assert config["training"] == ["$@trainer.run()"]  # one loop for both modules
+    assert config["trainer"]["groups"] == ["@ndm#group", "@udm#group"]
     accepted = set(inspect.signature(EnsembleTrainer.__init__).parameters) | {"num_workers"}
-    for module in ("ndm", "udm"):
-        trainer = config[module]["trainer"]
+    for trainer in (config["trainer"], config["ndm"]["trainer"], config["udm"]["trainer"]):
         assert trainer["_target_"] == "scripts.ensemble.build_ensemble_trainer"
         assert trainer["ensemble_mode"] == "@ensemble_mode"
         assert set(trainer) - {"_target_", "_disabled_"} <= accepted
     seeds = member_seeds(0, "ndm", 2)
     members = seeded_members(factory("ae"), seeds)
     built = build_ensemble_trainer(device="cpu", max_epochs=1, members=members, optimizers=adam_optimizers(members),
-                                   objective=objective_for("ae"), data=MemberBatches(images, seeds, batch_size=8))
-    assert isinstance(built, EnsembleTrainer) and built.ensemble_mode == "sequential"  # auto on a CPU
+                                   objective=objective_for("ae"), data=MemberBatches(images, seeds, batch_size=8),
+                                   threads=2)
+    assert isinstance(built, EnsembleTrainer) and built.ensemble_mode == "concurrent"  # auto on a CPU

@@ -331,6 +331,7 @@ class ReplicaResume(MemberCheckpoints):
     """For the ranks of a DDP group after the first: resume from the writer's checkpoints, write nothing."""
 
     def attach(self, engine) -> None:
+        self.positions = self._engine_members(engine)
         if self.resume:
             engine.add_event_handler(Events.STARTED, self.load_latest)
 

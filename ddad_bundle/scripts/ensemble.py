@@ -1,27 +1,32 @@
-"""Training an ensemble of reconstruction networks in one Ignite loop over cached tensors.
+"""Training the ensembles of reconstruction networks in one Ignite loop over cached tensors.
 
 DDAD trains two modules, the NDM (on the known normals D_n) and the UDM (on D_n and the
 unlabeled pool D_u), each an ensemble of K networks that differ only in their random
 initialization and their shuffle order (Cai et al., DDAD, Sec. 2.1). Here the images of a
 module's training pool are decoded once into one tensor (N, C, H, W); every iteration gives
 each member its own mini-batch, drawn from its own per-epoch permutation, and each member
-takes one optimizer step. One Ignite engine (a MONAI ``Trainer``) drives all K members, so
-MONAI/Ignite handlers (stats, TensorBoard, checkpoints, progress bar) see one run per module.
+takes one optimizer step. One Ignite engine (a MONAI ``Trainer``) drives all 2K members of both
+modules (a ``MemberGroup`` each), so MONAI/Ignite handlers (stats, TensorBoard, checkpoints,
+progress bar) see one run; each member still takes exactly the steps it would take alone.
 
 Ensemble modes (config key ``ensemble_mode``), all with the same seeds, batches and checkpoints:
 
 - ``sequential``: the members step one after another on their batches of the same iteration;
+- ``concurrent``: the same per-member steps spread over worker threads (config key
+  ``threads``), each running torch with one intra-op thread. An AE op at 64x64 is too small to
+  keep two cores busy, one member per core is not; the numbers do not depend on which thread
+  ran which member, and equal sequential mode's under one torch thread;
 - ``fused``: one forward and backward of ``scripts.fused.FusedAE`` (grouped convolutions,
-  batched matrix products) for all K members and one Adam over the fused parameters, the loss
-  being the sum of the members' mean losses; Adam is elementwise, so every member takes the step
-  it would take alone. Member networks and optimizers are refreshed from the fused ones at the
-  end of every epoch, so checkpoints stay one file per member;
+  batched matrix products) for all K members of a module and one Adam over the fused
+  parameters, the loss being the sum of the members' mean losses; Adam is elementwise, so every
+  member takes the step it would take alone. Member networks and optimizers are refreshed from
+  the fused ones at the end of every epoch, so checkpoints stay one file per member;
 - ``per_member``: the classic bundle idiom, one MONAI ``SupervisedTrainer`` per member fed by a
   MONAI ``DataLoader`` with its own seeded shuffle (``PerMemberTrainer``); the baseline of
   ``benchmarks/speed.py``;
 - ``auto`` (default): ``fused`` on a GPU, where it removes K-1 of every K kernel launches,
-  ``sequential`` on a CPU, where grouped convolutions measured no faster per member
-  (``docs/performance.md``).
+  ``concurrent`` on a CPU, where grouped convolutions measured no faster per member and one
+  member per core measured fastest (``docs/performance.md``).
 
 Seeds, the documented rule: member k (0-based) of module ``ndm`` gets ``seed + k``, of ``udm``
 ``seed + 1000 + k``, the ASR-Net ``seed + 2000``. A member's weights are initialized right after
@@ -31,18 +36,20 @@ resumed run draws exactly the batches the uninterrupted run would have drawn.
 
 Example::
 
-    >>> seeds = member_seeds(0, "ndm", 3)            # [0, 1, 2]
-    >>> members = seeded_members(lambda: AE(), seeds)
-    >>> batches = MemberBatches(images, seeds, batch_size=64)
-    >>> trainer = EnsembleTrainer(device, 250, members, optimizers, MSEObjective(), batches, ensemble_mode="fused")
+    >>> ndm = MemberGroup("ndm", ndm_members, adam_optimizers(ndm_members), MemberBatches(normals, ndm_seeds, 64))
+    >>> udm = MemberGroup("udm", udm_members, adam_optimizers(udm_members), MemberBatches(pool, udm_seeds, 64))
+    >>> trainer = EnsembleTrainer(device, 250, objective=MSEObjective(), groups=[ndm, udm], ensemble_mode="auto")
     >>> trainer.run()
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator, Sequence
 
 import torch
@@ -54,7 +61,7 @@ from . import fused as fusion
 
 logger = logging.getLogger("ddad")
 
-ENSEMBLE_MODES = ("auto", "fused", "sequential", "per_member")
+ENSEMBLE_MODES = ("auto", "fused", "concurrent", "sequential", "per_member")
 MODULE_SEED_OFFSETS = {"ndm": 0, "udm": 1000, "asr": 2000}
 
 
@@ -76,9 +83,17 @@ def seeded_members(factory: Callable[[], nn.Module], seeds: Sequence[int]) -> li
     return members
 
 
-def adam_optimizers(members: Sequence[nn.Module], lr: float = 5e-4, betas=(0.5, 0.999), weight_decay: float = 0.0):
-    """One Adam optimizer per member (the paper's stage-1 defaults)."""
-    return [torch.optim.Adam(m.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay) for m in members]
+def adam_optimizers(members: Sequence[nn.Module], lr: float = 5e-4, betas=(0.5, 0.999), weight_decay: float = 0.0,
+                    fused: bool = False):
+    """One Adam optimizer per member (the paper's stage-1 defaults).
+
+    ``fused`` (config key ``fused_adam``) takes torch's single-kernel Adam: the same update
+    rule, to float rounding, in one pass over the parameters. The AE keeps most of its 4.5 M
+    weights in the fully connected bottleneck, so on a CPU the default per-tensor Adam costs
+    about as much as a batch-16 forward and backward (docs/performance.md).
+    """
+    return [torch.optim.Adam(m.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)
+            for m in members]
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -112,12 +127,12 @@ def bf16_autocast(enabled: bool, device: torch.device):
 
 
 def resolve_ensemble_mode(mode: str, device) -> str:
-    """The concrete mode for ``device``: ``auto`` is ``fused`` on CUDA, ``sequential`` elsewhere."""
+    """The concrete mode for ``device``: ``auto`` is ``fused`` on CUDA, ``concurrent`` elsewhere."""
     if mode not in ENSEMBLE_MODES:
         raise ValueError(f"unknown ensemble_mode {mode!r} (config key 'ensemble_mode'); choose one of {', '.join(ENSEMBLE_MODES)}")
     if mode != "auto":
         return mode
-    return "fused" if torch.device(device).type == "cuda" else "sequential"
+    return "fused" if torch.device(device).type == "cuda" else "concurrent"
 
 
 def shuffle_order(num_items: int, member_seed: int, epoch: int) -> torch.Tensor:
@@ -165,162 +180,278 @@ class MemberBatches:
             yield {"image": self.images[index]}
 
 
+class MemberGroup:
+    """The members of one module (``ndm`` or ``udm``) as one ``EnsembleTrainer`` drives them.
+
+    Args:
+        module: 'ndm' or 'udm' (logs, the ``<module>_loss`` output, checkpoint names).
+        members: the module's K networks; optimizers: one per member.
+        data: a ``MemberBatches`` over the module's cached training pool.
+        handlers: handlers that belong to this module (its checkpoints, its loss logs).
+        objective: ``objective(net, x) -> loss``; None takes the trainer's.
+    """
+
+    def __init__(self, module: str, members: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
+                 data: "MemberBatches", handlers: Sequence = (), objective: Callable | None = None):
+        if len(members) != len(optimizers):
+            raise ValueError(f"{module}: {len(members)} members but {len(optimizers)} optimizers")
+        if len(members) != len(data.seeds):
+            raise ValueError(f"{module}: {len(members)} members but batches for {len(data.seeds)}")
+        self.module = module
+        self.members = list(members)
+        self.optimizers = list(optimizers)
+        self.data = data
+        self.handlers = list(handlers or [])
+        self.objective = objective
+        self.schedulers: list = []
+        self.last_losses: torch.Tensor | None = None
+
+
+class JointBatches:
+    """Iterates the pools of several groups in lockstep: iteration i holds each group's i-th batch,
+    or None once a group's (smaller) pool has given all its batches of the epoch."""
+
+    def __init__(self, pools: Sequence["MemberBatches"]):
+        self.pools = list(pools)
+
+    def set_epoch(self, epoch: int) -> None:
+        for pool in self.pools:
+            pool.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return max(len(pool) for pool in self.pools)
+
+    def __iter__(self) -> Iterator[dict]:
+        iterators = [iter(pool) for pool in self.pools]
+        for i in range(len(self)):
+            yield {"images": [next(it)["image"] if i < len(pool) else None for it, pool in zip(iterators, self.pools)]}
+
+
 class EnsembleTrainer(Trainer):
-    """A MONAI/Ignite trainer that steps every member of one ensemble on its own batch.
+    """A MONAI/Ignite trainer that steps every member of one or more ensembles on its own batch.
+
+    One engine can drive both modules (``groups=[ndm, udm]``): iteration i steps every member
+    whose pool still has an i-th batch this epoch, so the NDM, whose pool D_n is smaller than the
+    UDM's D_n + D_u, finishes its epoch in fewer iterations and each member's sequence of batches
+    and optimizer steps is exactly the one it would take trained alone.
 
     Args:
         device: where the members train.
         max_epochs: epochs (250 in the paper).
-        members: the K networks; optimizers: one per member.
-        objective: ``objective(net, x) -> loss`` (see ``scripts.losses``).
-        data: a ``MemberBatches`` over the module's cached training pool.
-        module: name used in logs and checkpoints ('ndm' or 'udm').
-        handlers: MONAI/Ignite handlers to attach.
+        members, optimizers, objective, data, module: one group given directly (the single-module
+            form); ``objective(net, x) -> loss`` (see ``scripts.losses``) is also the default of
+            every group in ``groups``.
+        handlers: MONAI/Ignite handlers to attach (each group's own handlers are attached too).
         amp: bf16 autocast for the forward pass.
         lr_schedule: 'constant' (the paper) or 'cosine' (decay to 0 over ``max_epochs``).
-        ensemble_mode: 'sequential' (default here, for callers that predate the key), 'fused' or
-            'auto' (see the module docstring; 'per_member' is ``PerMemberTrainer``).
+        ensemble_mode: 'sequential' (default here, for callers that predate the key), 'concurrent',
+            'fused' or 'auto' (see the module docstring; 'per_member' is ``PerMemberTrainer``).
         channels_last: train in the channels-last memory format.
+        threads: worker threads of 'concurrent' mode (0: ``torch.get_num_threads()``).
+        groups: ``MemberGroup`` objects, one per module, instead of the single-group arguments.
 
-    ``engine.state.output`` holds ``loss`` (mean over members) and ``member_losses``. In fused
-    mode ``members`` and ``optimizers`` are brought up to date at the end of every epoch (and
-    loaded back at start, after a resume), so handlers that read them there see the same state
-    as in sequential mode.
+    ``engine.state.output`` holds ``loss`` (mean over the members that stepped), ``member_losses``
+    (every member's last loss) and ``<module>_loss`` per group. In fused mode ``members`` and
+    ``optimizers`` are brought up to date at the end of every epoch (and loaded back at start,
+    after a resume), so handlers that read them there see the same state as in sequential mode.
+    ``members``, ``optimizers`` and ``schedulers`` list all groups' members in order;
+    ``member_modules`` gives (module, index within the module) for each.
     """
 
     def __init__(
         self,
         device,
         max_epochs: int,
-        members: Sequence[nn.Module],
-        optimizers: Sequence[torch.optim.Optimizer],
-        objective: Callable,
-        data: MemberBatches,
+        members: Sequence[nn.Module] | None = None,
+        optimizers: Sequence[torch.optim.Optimizer] | None = None,
+        objective: Callable | None = None,
+        data: MemberBatches | None = None,
         module: str = "ndm",
         handlers=None,
         amp: bool = False,
         lr_schedule: str = "constant",
         ensemble_mode: str = "sequential",
         channels_last: bool = False,
+        threads: int = 0,
+        groups: Sequence[MemberGroup] | None = None,
     ):
-        if len(members) != len(optimizers):
-            raise ValueError(f"{module}: {len(members)} members but {len(optimizers)} optimizers")
-        if len(members) != len(data.seeds):
-            raise ValueError(f"{module}: {len(members)} members but batches for {len(data.seeds)}")
+        if groups is None:
+            groups = [MemberGroup(module, members, optimizers, data)]
+        groups = [g for g in groups if g is not None]
+        if not groups:
+            raise ValueError("an ensemble trainer needs at least one group of members")
         if max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1 (config key 'epochs'), got {max_epochs}")
         device = torch.device(device)
         mode = resolve_ensemble_mode(ensemble_mode, device)
         if mode == "per_member":
             raise ValueError("ensemble_mode 'per_member' runs PerMemberTrainer; build it with build_ensemble_trainer")
-        super().__init__(
-            device=device, max_epochs=max_epochs, data_loader=data.to(device), epoch_length=len(data),
-            handlers=None, amp=amp, decollate=False,
-        )
+        for group in groups:
+            group.objective = group.objective if group.objective is not None else objective
+            if group.objective is None:
+                raise ValueError(f"{group.module}: no objective given")
+            group.data.to(device)
+        batches = JointBatches([g.data for g in groups])
+        super().__init__(device=device, max_epochs=max_epochs, data_loader=batches, epoch_length=len(batches),
+                         handlers=None, amp=amp, decollate=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.members = nn.ModuleList(members).to(device, memory_format=self.memory_format)
-        self.optimizers = list(optimizers)
-        self.objective = objective
-        self.data = data
-        self.module = module
-        self.schedulers = lr_schedulers(self.optimizers, lr_schedule, max_epochs * len(data))
-        self.ensemble_mode = self._fusion_or_fallback(mode, lr_schedule, max_epochs * len(data))
-        self.add_event_handler(Events.EPOCH_STARTED, lambda engine: data.set_epoch(engine.state.epoch))
+        self.groups = groups
+        self.module = "+".join(g.module for g in groups)
+        self.objective = groups[0].objective
+        self.data = groups[0].data if len(groups) == 1 else batches
+        self.members = nn.ModuleList([m for g in groups for m in g.members]).to(device, memory_format=self.memory_format)
+        self.optimizers = [o for g in groups for o in g.optimizers]
+        self.member_modules = [(g.module, k) for g in groups for k in range(len(g.members))]
+        for group in groups:
+            group.schedulers = lr_schedulers(group.optimizers, lr_schedule, max_epochs * len(group.data))
+        self.schedulers = [s for g in groups for s in g.schedulers]
+        self.pool: ThreadPoolExecutor | None = None
+        self.workers = min(int(threads) or torch.get_num_threads(), len(self.members))
+        self.ensemble_mode = self._fusion_or_fallback(mode, lr_schedule, max_epochs)
+        self.add_event_handler(Events.EPOCH_STARTED, lambda engine: batches.set_epoch(engine.state.epoch))
         if self.ensemble_mode == "fused":
             # Registered before the handlers: checkpoints written at these events see fresh members.
             self.add_event_handler(Events.EPOCH_COMPLETED, self.sync_members)
             self.add_event_handler(Events.COMPLETED, self.sync_members)
         # Handlers attach after the members exist: checkpoint handlers need them.
-        for handler in handlers or []:
+        for handler in [h for g in groups for h in g.handlers] + list(handlers or []):
             handler.attach(self)
         if self.ensemble_mode == "fused":
             # Registered after the handlers: a resume loads the members first, then the fused copy.
             self.add_event_handler(Events.STARTED, self.sync_fused)
 
-    def _fusion_or_fallback(self, mode: str, lr_schedule: str, total_steps: int) -> str:
-        """Build the fused network and its optimizer, or say why this ensemble trains sequentially."""
+    def _fusion_or_fallback(self, mode: str, lr_schedule: str, max_epochs: int) -> str:
+        """Build each group's fused network and optimizer, or say why the members train one by one."""
+        if mode == "concurrent" and self.workers < 2:
+            logger.info("%s: one worker thread available; training the members sequentially", self.module)
+            return "sequential"
         if mode != "fused":
             return mode
-        reason = fusion.fusable(self.members)
-        objective = fusion.fused_objective(self.objective)
-        if reason is None and objective is None:
-            reason = f"objective {type(self.objective).__name__} has no fused form"
-        if reason is None and not all(type(o) is torch.optim.Adam for o in self.optimizers):
-            reason = "fusion needs one torch.optim.Adam per member"
-        if reason is None and any(o.param_groups[0].keys() != self.optimizers[0].param_groups[0].keys() or
-                                  _hyper(o) != _hyper(self.optimizers[0]) for o in self.optimizers):
-            reason = "the members' optimizers differ in their hyperparameters"
-        if reason is not None:
-            logger.info("%s: ensemble_mode 'fused' unavailable (%s); training the members sequentially", self.module, reason)
-            return "sequential"
-        self.fused = fusion.FusedAE(self.members).to(self.state.device, memory_format=self.memory_format)
-        self.fused_objective = objective
-        self.fused_optimizer = torch.optim.Adam(self.fused.parameters(), **_hyper(self.optimizers[0]))
-        self.fused_schedulers = lr_schedulers([self.fused_optimizer], lr_schedule, total_steps)
+        for group in self.groups:
+            reason = self._fusion_obstacle(group)
+            if reason is not None:
+                logger.info("%s: ensemble_mode 'fused' unavailable (%s); training the members sequentially",
+                            group.module, reason)
+                return "sequential"
+        for group in self.groups:
+            group.fused = fusion.FusedAE(group.members).to(self.state.device, memory_format=self.memory_format)
+            group.fused_objective = fusion.fused_objective(group.objective)
+            group.fused_optimizer = torch.optim.Adam(group.fused.parameters(), **_hyper(group.optimizers[0]))
+            group.fused_schedulers = lr_schedulers([group.fused_optimizer], lr_schedule, max_epochs * len(group.data))
         return "fused"
 
+    @staticmethod
+    def _fusion_obstacle(group: MemberGroup) -> str | None:
+        reason = fusion.fusable(group.members)
+        if reason is None and fusion.fused_objective(group.objective) is None:
+            reason = f"objective {type(group.objective).__name__} has no fused form"
+        if reason is None and not all(type(o) is torch.optim.Adam for o in group.optimizers):
+            reason = "fusion needs one torch.optim.Adam per member"
+        first = group.optimizers[0]
+        if reason is None and any(o.param_groups[0].keys() != first.param_groups[0].keys() or _hyper(o) != _hyper(first)
+                                  for o in group.optimizers):
+            reason = "the members' optimizers differ in their hyperparameters"
+        return reason
+
     def sync_members(self, engine=None) -> None:
-        """Fused network, optimizer and schedule -> the K members' (one checkpoint each)."""
-        fusion.load_into_members(self.fused, self.members)
-        states = fusion.split_optimizer_state(self.fused_optimizer.state_dict(), self.fused, self.members[0])
-        for optimizer, state in zip(self.optimizers, states):
-            optimizer.load_state_dict(state)
-        for scheduler, fused_scheduler in zip(self.schedulers, self.fused_schedulers * len(self.schedulers)):
-            scheduler.load_state_dict(fused_scheduler.state_dict())
+        """Fused networks, optimizers and schedules -> the members' (one checkpoint each)."""
+        for group in self.groups:
+            fusion.load_into_members(group.fused, group.members)
+            states = fusion.split_optimizer_state(group.fused_optimizer.state_dict(), group.fused, group.members[0])
+            for optimizer, state in zip(group.optimizers, states):
+                optimizer.load_state_dict(state)
+            for scheduler in group.schedulers:
+                scheduler.load_state_dict(group.fused_schedulers[0].state_dict())
 
     def sync_fused(self, engine=None) -> None:
-        """The K members' networks, optimizers and schedule -> the fused ones (at start / after a resume)."""
-        fusion.load_from_members(self.fused, self.members)
-        states = [o.state_dict() for o in self.optimizers]
-        self.fused_optimizer.load_state_dict(fusion.join_optimizer_states(states, self.fused, self.members[0]))
-        for fused_scheduler in self.fused_schedulers:
-            fused_scheduler.load_state_dict(self.schedulers[0].state_dict())
+        """The members' networks, optimizers and schedules -> the fused ones (at start / after a resume)."""
+        for group in self.groups:
+            fusion.load_from_members(group.fused, group.members)
+            states = [o.state_dict() for o in group.optimizers]
+            group.fused_optimizer.load_state_dict(fusion.join_optimizer_states(states, group.fused, group.members[0]))
+            for fused_scheduler in group.fused_schedulers:
+                fused_scheduler.load_state_dict(group.schedulers[0].state_dict())
+
+    def run(self) -> None:
+        """Runs the loop; in 'concurrent' mode on a pool of worker threads with one torch thread each."""
+        if self.ensemble_mode != "concurrent":
+            return super().run()
+        previous = torch.get_num_threads()
+        # Small networks use two cores poorly within one op; one member per core uses them fully.
+        # Set before the pool starts: each worker reads the thread count when it first runs an op.
+        torch.set_num_threads(1)
+        self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ddad-member")
+        try:
+            return super().run()
+        finally:
+            self.pool.shutdown()
+            self.pool = None
+            torch.set_num_threads(previous)
 
     def _iteration(self, engine, batchdata: dict) -> dict:
-        images = batchdata["image"].to(engine.state.device, non_blocking=engine.non_blocking)
-        if self.ensemble_mode == "fused":
-            member_losses = self._fused_step(images)
-        else:
-            member_losses = self._sequential_step(images)
-        if not torch.isfinite(member_losses).all():
+        tasks, stepped = [], []
+        for group, images in zip(self.groups, batchdata["images"]):
+            if images is None:
+                continue  # this group's pool has given all its batches of the epoch
+            images = images.to(engine.state.device, non_blocking=engine.non_blocking)
+            stepped.append(group)
+            if self.ensemble_mode == "fused":
+                tasks.append(functools.partial(self._fused_step, group, images))
+            else:
+                tasks += [functools.partial(self._member_step, group, k, images[k]) for k in range(len(group.members))]
+        results = list(self.pool.map(_call, tasks)) if self.pool is not None else [task() for task in tasks]
+        if self.ensemble_mode != "fused":
+            results = [torch.stack(results[i:i + len(g.members)]) for i, g in
+                       zip(itertools.accumulate([0] + [len(g.members) for g in stepped]), stepped)]
+        for group, losses in zip(stepped, results):
+            self._check_finite(group, losses.float(), engine)
+            group.last_losses = losses.float()
+        output = {"loss": torch.cat([g.last_losses for g in stepped]).mean().item(),
+                  "member_losses": [v for g in self.groups for v in g.last_losses.tolist()]}
+        output.update({f"{g.module}_loss": g.last_losses.mean().item() for g in self.groups})
+        return output
+
+    def _check_finite(self, group: MemberGroup, losses: torch.Tensor, engine) -> None:
+        if not torch.isfinite(losses).all():
             raise FloatingPointError(
-                f"{self.module}: non-finite loss {member_losses.tolist()} at epoch {engine.state.epoch}, "
+                f"{group.module}: non-finite loss {losses.tolist()} at epoch {engine.state.epoch}, "
                 f"iteration {engine.state.iteration}; lower the learning rate (config key 'learning_rate')"
             )
-        return {"loss": member_losses.mean().item(), "member_losses": member_losses.tolist()}
 
-    def _sequential_step(self, images: torch.Tensor) -> torch.Tensor:
-        losses = []
-        for k, (net, optimizer) in enumerate(zip(self.members, self.optimizers)):
-            net.train()
-            optimizer.zero_grad(set_to_none=True)
-            with bf16_autocast(self.amp, self.state.device):
-                loss = self.objective(net, images[k].contiguous(memory_format=self.memory_format))
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.detach())
-        for scheduler in self.schedulers:
-            scheduler.step()
-        return torch.stack(losses).float()
+    def _member_step(self, group: MemberGroup, k: int, images: torch.Tensor) -> torch.Tensor:
+        net, optimizer = group.members[k], group.optimizers[k]
+        net.train()
+        optimizer.zero_grad(set_to_none=True)
+        with bf16_autocast(self.amp, self.state.device):
+            loss = group.objective(net, images.contiguous(memory_format=self.memory_format))
+        loss.backward()
+        optimizer.step()
+        if group.schedulers:
+            group.schedulers[k].step()
+        return loss.detach()
 
-    def _fused_step(self, images: torch.Tensor) -> torch.Tensor:
-        self.fused.train()
-        self.fused_optimizer.zero_grad(set_to_none=True)
+    def _fused_step(self, group: MemberGroup, images: torch.Tensor) -> torch.Tensor:
+        group.fused.train()
+        group.fused_optimizer.zero_grad(set_to_none=True)
         grouped = fusion.grouped_batch(images).contiguous(memory_format=self.memory_format)
         with bf16_autocast(self.amp, self.state.device):
-            losses = self.fused_objective(self.fused, grouped)
+            losses = group.fused_objective(group.fused, grouped)
         # Summing the members' mean losses gives each member exactly the gradient of its own loss.
         losses.sum().backward()
-        self.fused_optimizer.step()
-        for scheduler in self.fused_schedulers:
+        group.fused_optimizer.step()
+        for scheduler in group.fused_schedulers:
             scheduler.step()
-        return losses.detach().float()
+        return losses.detach()
+
+
+def _call(task: Callable):
+    return task()
 
 
 def _hyper(optimizer: torch.optim.Optimizer) -> dict:
     """The Adam hyperparameters of an optimizer's (single) parameter group."""
     group = optimizer.param_groups[0]
-    return {k: group[k] for k in ("lr", "betas", "eps", "weight_decay", "amsgrad")}
+    return {k: group.get(k) for k in ("lr", "betas", "eps", "weight_decay", "amsgrad", "fused")}
 
 
 class PerMemberTrainer:
@@ -385,7 +516,8 @@ class PerMemberTrainer:
             optimizer.step()
             for scheduler in schedulers:
                 scheduler.step()
-            return {"loss": loss.item()}
+            value = loss.item()
+            return {"loss": value, f"{self.module}_loss": value}
 
         return SupervisedTrainer(device=self.device, max_epochs=self.max_epochs, train_data_loader=loader, network=net,
                                  optimizer=optimizer, loss_function=self.objective, iteration_update=step,
@@ -406,11 +538,35 @@ class PerMemberTrainer:
                     self.module, len(self.members))
 
 
-def build_ensemble_trainer(ensemble_mode: str = "auto", num_workers: int = 0, **kwargs):
-    """The trainer of one module for config key ``ensemble_mode``: a ``PerMemberTrainer`` for
-    'per_member', else an ``EnsembleTrainer`` (``auto`` resolved for ``kwargs['device']``)."""
+class PerMemberRun:
+    """``PerMemberTrainer`` for each group in turn (``ensemble_mode`` 'per_member' with groups)."""
+
+    def __init__(self, trainers: Sequence[PerMemberTrainer]):
+        self.trainers = list(trainers)
+
+    def run(self) -> None:
+        for trainer in self.trainers:
+            trainer.run()
+
+
+def build_ensemble_trainer(ensemble_mode: str = "auto", num_workers: int = 0, groups=None, **kwargs):
+    """The stage-1 trainer for config key ``ensemble_mode``: an ``EnsembleTrainer`` over all
+    ``groups`` (``auto`` resolved for ``kwargs['device']``), or for 'per_member' a
+    ``PerMemberRun`` (one ``PerMemberTrainer`` per group, each with its group's handlers and the
+    shared ones). Without ``groups``, one module given by members/optimizers/data/module."""
     mode = resolve_ensemble_mode(ensemble_mode, kwargs.get("device", "cpu"))
-    if mode == "per_member":
-        kwargs.pop("channels_last", None)
+    if mode != "per_member":
+        return EnsembleTrainer(ensemble_mode=mode, groups=groups, **kwargs)
+    kwargs.pop("channels_last", None)
+    kwargs.pop("threads", None)
+    if groups is None:
         return PerMemberTrainer(num_workers=num_workers, **kwargs)
-    return EnsembleTrainer(ensemble_mode=mode, **kwargs)
+    shared = list(kwargs.pop("handlers", None) or [])
+    trainers = []
+    for group in [g for g in groups if g is not None]:
+        objective = group.objective if group.objective is not None else kwargs.get("objective")
+        options = dict(kwargs, objective=objective)
+        trainers.append(PerMemberTrainer(members=group.members, optimizers=group.optimizers, data=group.data,
+                                         module=group.module, handlers=group.handlers + shared,
+                                         num_workers=num_workers, **options))
+    return PerMemberRun(trainers)

@@ -54,6 +54,13 @@ class MemberCheckpoints:
         self.resume = resume
         self.member_ids = None if member_ids is None else [int(k) for k in member_ids]
 
+    def _engine_members(self, engine: Engine) -> list[int]:
+        """Positions in ``engine.members`` of this module's members (an engine may train both modules)."""
+        modules = getattr(engine, "member_modules", None)
+        if modules is None:
+            return list(range(len(engine.members)))
+        return [j for j, (module, _) in enumerate(modules) if module == self.module]
+
     def _global(self, k: int) -> int:
         """Ensemble index of the engine's k-th member."""
         return k if self.member_ids is None else self.member_ids[k]
@@ -62,16 +69,19 @@ class MemberCheckpoints:
         return f"{self.module}_member{self._global(member)}"
 
     def attach(self, engine: Engine) -> None:
-        if self.member_ids is not None and len(self.member_ids) != len(engine.members):
+        self.positions = self._engine_members(engine)
+        if not self.positions:
+            raise ValueError(f"{self.module}: the trainer holds no {self.module} members to checkpoint")
+        if self.member_ids is not None and len(self.member_ids) != len(self.positions):
             raise ValueError(f"{self.module}: member_ids {self.member_ids} do not match the trainer's "
-                             f"{len(engine.members)} members")
+                             f"{len(self.positions)} {self.module} members")
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         # Ignite's DiskSaver writes on one rank only (rank 0 by default); this handler writes on the
         # process it is attached to, which under torchrun owns these members' files.
         saver = DiskSaver(str(self.ckpt_dir), require_empty=False, atomic=True, save_on_rank=idist.get_rank())
-        for k in range(len(engine.members)):
+        for k in range(len(self.positions)):
             checkpoint = Checkpoint(
-                self._objects(engine, k),
+                self._objects(engine, self.positions[k]),
                 saver,
                 filename_prefix=self._prefix(k),
                 n_saved=1,
@@ -87,7 +97,7 @@ class MemberCheckpoints:
 
     @staticmethod
     def _objects(engine: Engine, k: int) -> dict:
-        """What member k's checkpoint holds: network, optimizer, trainer state and its LR schedule."""
+        """What the engine's member k's checkpoint holds: network, optimizer, trainer state and its LR schedule."""
         objects = {"network": engine.members[k], "optimizer": engine.optimizers[k], "trainer": engine}
         schedulers = getattr(engine, "schedulers", [])
         if schedulers:
@@ -110,7 +120,7 @@ class MemberCheckpoints:
                 path.unlink(missing_ok=True)
 
     def load_latest(self, engine: Engine) -> None:
-        latest = [self.latest(k) for k in range(len(engine.members))]
+        latest = [self.latest(k) for k in range(len(self.positions))]
         if all(item is None for item in latest):
             return
         missing = [k for k, item in enumerate(latest) if item is None]
@@ -120,18 +130,28 @@ class MemberCheckpoints:
                 f"{self.module}: checkpoints in {self.ckpt_dir} disagree (members without one: {missing}, "
                 f"epochs found: {sorted(epochs)}); remove them or set resume to false to start over"
             )
+        epoch = epochs.pop()
+        other = getattr(engine, "resumed_epoch", None)
+        if other is not None and other != epoch:
+            # Both modules' checkpoints hold the one engine's state, so they must be of one epoch.
+            raise RuntimeError(
+                f"{self.module}: checkpoints in {self.ckpt_dir} are of epoch {epoch} but another module's are of "
+                f"epoch {other}; remove the newer ones or set resume to false to start over"
+            )
         max_epochs = engine.state.max_epochs
-        for k in range(len(engine.members)):
+        for k, position in enumerate(self.positions):
             state = torch.load(latest[k][1], map_location=engine.state.device, weights_only=False)
-            Checkpoint.load_objects(self._objects(engine, k), state)
+            Checkpoint.load_objects(self._objects(engine, position), state)
+        engine.resumed_epoch = epoch
         # A longer schedule given on the command line wins over the one stored in the checkpoint.
         engine.state.max_epochs = max(max_epochs, engine.state.epoch)
         logger.info("%s: resumed all members from epoch %d in %s", self.module, engine.state.epoch, self.ckpt_dir)
 
     def save_final(self, engine: Engine) -> None:
-        for k, net in enumerate(engine.members):
+        for k, position in enumerate(self.positions):
+            net = engine.members[position]
             torch_save_atomic(net.state_dict(), final_weights_path(self.ckpt_dir, self.module, self._global(k)))
-        logger.info("%s: final weights of %d members in %s", self.module, len(engine.members), self.ckpt_dir)
+        logger.info("%s: final weights of %d members in %s", self.module, len(self.positions), self.ckpt_dir)
 
 
 class LossProgressBar:
