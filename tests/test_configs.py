@@ -105,3 +105,22 @@ def test_metadata_verifies_offline():
     )
     assert result.returncode == 0, result.stderr
     assert "metadata is verified with no error" in (result.stdout + result.stderr)
+
+
+def test_loss_logs_receive_a_scalar():
+    """TensorBoardStatsHandler ignores anything but a number: every loss handler's transform must give one."""
+    import json
+
+    outputs = {"ndm": {"loss": 0.3, "ndm_loss": 0.25, "udm_loss": 0.35}, "asr": {"loss": 0.7}}
+    parser = parser_for(WORKFLOWS["training"])
+    for module in ("ndm", "udm"):
+        for k, handler in enumerate(json.loads((CONFIGS / "train.json").read_text())[module]["handlers"]):
+            if "output_transform" in handler:
+                value = parser.get_parsed_content(f"{module}#handlers#{k}#output_transform")(outputs["ndm"])
+                assert value == outputs["ndm"][f"{module}_loss"]
+    asr = json.loads((CONFIGS / "train_asr.json").read_text())["asr"]["handlers"]
+    parser = parser_for(["common.json", "train.json", "train_asr.json"])
+    transforms = [k for k, h in enumerate(asr) if "output_transform" in h]
+    assert transforms
+    for k in transforms:
+        assert parser.get_parsed_content(f"asr#handlers#{k}#output_transform")(outputs["asr"]) == 0.7

@@ -260,3 +260,13 @@ def test_modules_resuming_from_different_epochs_are_refused(pools, tmp_path):
         (tmp_path / f"ndm_member{k}_checkpoint_1.pt").unlink()
     with pytest.raises(RuntimeError, match="another module"):
         joint_trainer(pools, tmp_path, epochs=3).run()
+
+
+def test_amp_key_takes_true_false_or_auto():
+    from scripts.ensemble import bf16_native, resolve_amp
+
+    assert resolve_amp(True, "cpu") is True and resolve_amp(False, "cpu") is False
+    assert resolve_amp("auto", "cpu") == bf16_native("cpu")
+    assert resolve_amp("auto", "meta") is False  # no native bf16 known for that device
+    with pytest.raises(ValueError, match="'amp'"):
+        resolve_amp("yes", "cpu")

@@ -72,3 +72,12 @@ def test_channels_are_averaged():
 def test_single_member_is_refused_for_a_intra():
     with pytest.raises(ValueError, match="num_members"):
         discrepancy_maps(X, NDM[:1])
+
+
+def test_member_std_is_torch_std_with_the_k_minus_1_divisor():
+    from scripts.scores import member_std
+
+    recon = torch.randn(3, 5, 2, 8, 8, generator=torch.Generator().manual_seed(3))
+    expected = recon.std(dim=0, unbiased=True)
+    assert torch.allclose(member_std(recon, recon.mean(dim=0)), expected, atol=1e-6)
+    assert torch.allclose(torch.jit.script(member_std)(recon, recon.mean(dim=0)), expected, atol=1e-6)

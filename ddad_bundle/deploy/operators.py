@@ -107,6 +107,14 @@ class ImageFolderLoaderOperator(Operator):
         op_output.emit(items, "items")
 
 
+def load_for_inference(model_path, device) -> torch.jit.ScriptModule:
+    """``model.ts`` loaded, frozen and optimized for inference (BatchNorm folded into the
+    convolutions, weights prepacked): the same maps to 1e-7, about 13% faster on CPU
+    (docs/performance.md). The file on disk, with its embedded metadata, is unchanged."""
+    network = torch.jit.load(str(model_path), map_location=device).eval()
+    return torch.jit.optimize_for_inference(torch.jit.freeze(network))
+
+
 def resolve_model_path(model_path) -> Path:
     """``model.ts`` given directly, or inside the folder given (``model.ts`` or ``models/model.ts``)."""
     path = Path(model_path)
@@ -140,7 +148,7 @@ class BundleScorer:
                                "re-export with this version of the bundle")
         requested = device or os.environ.get("DDAD_DEVICE")
         self.device = torch.device(requested) if requested else self.parser.get_parsed_content("device")
-        self.network = torch.jit.load(str(self.model_path), map_location=self.device).eval()
+        self.network = load_for_inference(self.model_path, self.device)
         preprocessing = self.parser.get_parsed_content("preprocessing")
         loaders = [t for t in preprocessing.transforms if isinstance(t, LoadMedicalImaged)]
         if not loaders:

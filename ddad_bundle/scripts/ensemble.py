@@ -116,6 +116,26 @@ def lr_schedulers(optimizers, schedule: str, total_steps: int):
     return [torch.optim.lr_scheduler.LambdaLR(optimizer, factor) for optimizer in optimizers]
 
 
+def bf16_native(device) -> bool:
+    """Whether ``device`` computes in bf16 natively: a CUDA GPU with bf16 support, or a CPU whose
+    oneDNN has bf16 kernels (AVX-512 BF16 / AMX). Elsewhere autocast falls back to slow paths."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_amp(amp, device) -> bool:
+    """Config key ``amp``: true, false, or 'auto' (bf16 autocast where ``bf16_native``)."""
+    if isinstance(amp, str) and amp.lower() == "auto":
+        return bf16_native(device)
+    if isinstance(amp, bool):
+        return amp
+    raise ValueError(f"config key 'amp' must be true, false or 'auto', got {amp!r}")
+
+
 def bf16_autocast(enabled: bool, device: torch.device):
     """bf16 autocast for a forward pass when ``enabled`` (config key ``amp``), else a no-op.
 
