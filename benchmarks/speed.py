@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT / "ddad_bundle"))
 sys.path.insert(0, str(ROOT))
 
 from scripts.ensemble import (EnsembleTrainer, MemberBatches, MemberGroup, PerMemberTrainer,  # noqa: E402
-                              adam_optimizers, bf16_autocast, member_seeds, seeded_members)
+                              adam_optimizers, bf16_autocast, bf16_native, member_seeds, seeded_members)
 from scripts.losses import MSEObjective  # noqa: E402
 from scripts.networks import AE, ASRNet  # noqa: E402
 from scripts.phantoms import generate_phantom_dataset  # noqa: E402
@@ -126,8 +126,8 @@ def ensemble_run(kind: str, device, k: int, batch: int, size: int, steps: int, a
 
 
 def stage1_training(device, args) -> list[dict]:
-    """bf16 rows run ``bf16_steps`` iterations: on CPUs without bf16 instructions they are slow."""
-    from scripts.ensemble import resolve_ensemble_mode
+    """Without native bf16 (``bf16_native``), bf16 rows run only ``bf16_steps`` iterations: they are slow."""
+    from scripts.ensemble import resolve_amp, resolve_ensemble_mode
 
     rows = []
     b, s, k, n = args.batch_size, args.image_size, args.members, args.steps
@@ -137,7 +137,8 @@ def stage1_training(device, args) -> list[dict]:
     def row(path, precision, value):
         rows.append({"path": path, "precision": precision, "member_images_per_s": value})
 
-    for amp, steps in ((False, n), (True, args.bf16_steps)):
+    amp_default = resolve_amp("auto", device)  # the bundle's default precision on this device
+    for amp, steps in ((False, n), (True, n if amp_default else args.bf16_steps)):
         row("plain PyTorch loop, one AE", "bf16" if amp else "float32", plain_loop(device, b, s, steps, amp))
     if args.compile:
         row("plain PyTorch loop, one AE, torch.compile", "float32", plain_loop(device, b, s, n, False, compiled=True))
@@ -149,10 +150,11 @@ def stage1_training(device, args) -> list[dict]:
         ensemble_run(default, device, k, b, s, n, False, fused_adam=True))
     row(f"EnsembleTrainer, one module, {default}, fused Adam, channels_last", "float32",
         ensemble_run(default, device, k, b, s, n, False, fused_adam=True, channels_last=True))
-    label = f"bundle default: NDM + UDM in one loop, {default}, fused Adam" + (", channels_last" if cpu else "")
-    row(label, "float32", ensemble_run(default, device, k, b, s, n, False, joint=True, fused_adam=True, channels_last=cpu))
-    row(label, "bf16", ensemble_run(default, device, k, b, s, args.bf16_steps, True, joint=True, fused_adam=True,
-                                    channels_last=cpu))
+    label = f"NDM + UDM in one loop, {default}, fused Adam" + (", channels_last" if cpu else "")
+    for amp, steps in ((False, n), (True, n if amp_default else args.bf16_steps)):
+        path = label + (" (bundle default)" if amp == amp_default else "")
+        row(path, "bf16" if amp else "float32",
+            ensemble_run(default, device, k, b, s, steps, amp, joint=True, fused_adam=True, channels_last=cpu))
     return rows
 
 
@@ -191,6 +193,7 @@ def inference(device, args) -> list[dict]:
     refiners = {"dual": ASRNet(2, 128).eval(), "intra": ASRNet(1, 128).eval()}
     pipeline = DDADPipeline(ndm, udm, refiners, scales).to(device).eval()
     deployed = torch.jit.script(DeployedPipeline(pipeline)).to(device)
+    optimized = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.script(DeployedPipeline(pipeline)).eval()))
     batch = pool(args.infer_batch, args.image_size, device)
     one = batch[:1]
 
@@ -203,6 +206,7 @@ def inference(device, args) -> list[dict]:
         ("stage 1: 2K AEs + maps, fused (DDADPipeline.stage1 + maps)", lambda x: discrepancy_maps(x, *pipeline.stage1(x))),
         ("full pipeline, all scores (DDADPipeline: both ASR-Nets)", pipeline),
         ("full pipeline, deployed (TorchScript DeployedPipeline: R_dual)", deployed),
+        ("full pipeline, deployed, frozen + optimized at load (the MONAI Deploy app)", optimized),
     ]
     rows = []
     with torch.no_grad():
@@ -212,8 +216,9 @@ def inference(device, args) -> list[dict]:
             rows.append({"path": name, "precision": "float32", "images_per_s": args.infer_batch / per_batch,
                          "latency_ms": 1000 * latency})
         name, fn = cases[1]  # eager (autocast does not reach into TorchScript); one pass: slow without bf16 units
+        repeats = args.infer_repeats if bf16_native(device) else 1
         with bf16_autocast(True, device):
-            per_batch = timed(lambda: fn(batch), device, 1, warmup=1)
+            per_batch = timed(lambda: fn(batch), device, repeats, warmup=1)
         rows.append({"path": name, "precision": "bf16", "images_per_s": args.infer_batch / per_batch, "latency_ms": None})
     return rows
 

@@ -270,3 +270,17 @@ def test_amp_key_takes_true_false_or_auto():
     assert resolve_amp("auto", "meta") is False  # no native bf16 known for that device
     with pytest.raises(ValueError, match="'amp'"):
         resolve_amp("yes", "cpu")
+
+
+def test_amp_trains_under_bf16_autocast_without_a_grad_scaler(images, recwarn):
+    plain = make_trainer(images, None, epochs=1, handlers=[])
+    plain.run()
+    seeds = member_seeds(0, "ndm", 3)
+    members = seeded_members(tiny_ae, seeds)
+    bf16 = EnsembleTrainer("cpu", 1, members, adam_optimizers(members), MSEObjective(),
+                           MemberBatches(images, seeds, batch_size=8), amp=True)
+    bf16.run()
+    assert bf16.bf16 and bf16.scaler is None  # MONAI's fp16 scaler is not built for bf16
+    assert not any("GradScaler" in str(w.message) for w in recwarn)
+    changed = [not torch.equal(a, b) for a, b in zip(weights(bf16)[0].values(), weights(plain)[0].values())]
+    assert any(changed)  # bf16 rounding reached the weights: autocast was on

@@ -313,7 +313,10 @@ class EnsembleTrainer(Trainer):
             group.data.to(device)
         batches = JointBatches([g.data for g in groups])
         super().__init__(device=device, max_epochs=max_epochs, data_loader=batches, epoch_length=len(batches),
-                         handlers=None, amp=amp, decollate=False)
+                         handlers=None, amp=False, decollate=False)
+        # bf16 autocast is applied by this class (self.bf16); MONAI's own amp flag would make
+        # Trainer.run build an fp16 GradScaler, which bf16 does not need.
+        self.bf16 = bool(amp)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.groups = groups
         self.module = "+".join(g.module for g in groups)
@@ -442,7 +445,7 @@ class EnsembleTrainer(Trainer):
         net, optimizer = group.members[k], group.optimizers[k]
         net.train()
         optimizer.zero_grad(set_to_none=True)
-        with bf16_autocast(self.amp, self.state.device):
+        with bf16_autocast(self.bf16, self.state.device):
             loss = group.objective(net, images.contiguous(memory_format=self.memory_format))
         loss.backward()
         optimizer.step()
@@ -454,7 +457,7 @@ class EnsembleTrainer(Trainer):
         group.fused.train()
         group.fused_optimizer.zero_grad(set_to_none=True)
         grouped = fusion.grouped_batch(images).contiguous(memory_format=self.memory_format)
-        with bf16_autocast(self.amp, self.state.device):
+        with bf16_autocast(self.bf16, self.state.device):
             losses = group.fused_objective(group.fused, grouped)
         # Summing the members' mean losses gives each member exactly the gradient of its own loss.
         losses.sum().backward()

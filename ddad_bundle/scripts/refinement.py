@@ -165,7 +165,10 @@ class RefinementTrainer(Trainer):
         batches = MemberBatches(images, [self.seed], batch_size, name="known normals (stage 2)")
         device = torch.device(device)
         super().__init__(device=device, max_epochs=max_epochs, data_loader=batches, epoch_length=len(batches),
-                         handlers=None, amp=amp, decollate=False)
+                         handlers=None, amp=False, decollate=False)
+        # bf16 autocast is applied by this class (self.bf16); MONAI's own amp flag would make
+        # Trainer.run build an fp16 GradScaler, which bf16 does not need.
+        self.bf16 = bool(amp)
         self.batches = batches
         self.refiners = nn.ModuleDict(refiners).to(device)
         self.members = list(self.refiners.values())
@@ -194,7 +197,7 @@ class RefinementTrainer(Trainer):
         for (name, refiner), optimizer in zip(self.refiners.items(), self.optimizers):
             refiner.train()
             optimizer.zero_grad(set_to_none=True)
-            with bf16_autocast(self.amp, engine.state.device):
+            with bf16_autocast(self.bf16, engine.state.device):
                 logits = refiner(refiner_input(maps, name, self.scales))
             loss = self.loss(logits.float(), labels)
             loss.backward()
@@ -276,10 +279,10 @@ class RefinerSelection:
         for name, entry in self.best.items():
             if entry["val_auc"] < RELIABLE_SELECTION_AUC:
                 logger.warning(
-                    "asr %s: best validation AUC %.3f < %.2f: the ASR-Net did not learn to find synthetic anomalies "
-                    "in the stage-1 maps, so %s is not a trained detector here; train stage 1 longer (config key "
-                    "'epochs') and compare with A_inter/A_intra", name, entry["val_auc"], RELIABLE_SELECTION_AUC,
-                    REFINER_SCORES[name])
+                    "asr %s: best validation AUC %.3f < %.2f: the ASR-Net barely learned to find synthetic "
+                    "anomalies in the stage-1 maps, so %s rests on a weak training signal; compare it with "
+                    "A_inter/A_intra on labeled data before relying on it, or train stage 1 longer (config key "
+                    "'epochs')", name, entry["val_auc"], RELIABLE_SELECTION_AUC, REFINER_SCORES[name])
 
 
 def load_refiner(ckpt_dir, name: str, device="cpu", width: int = 128):

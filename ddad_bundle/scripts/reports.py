@@ -45,7 +45,8 @@ def format_table(metrics: dict) -> str:
     unreliable = [n for n, m in metrics.items() if m.get("selection_reliable") is False]
     for name in unreliable:
         lines.append(f"note: {name}'s ASR-Net reached only {metrics[name]['selection_val_auc']:.3f} validation AUC on "
-                     "synthetic anomalies: not a trained detector at this budget (see asr_selection.json)")
+                     "synthetic anomalies: a weak training signal, so compare it with its input maps before "
+                     "relying on it (see asr_selection.json)")
     return "\n".join(lines)
 
 
