@@ -36,7 +36,7 @@ class DDADDeployApp(Application):
 
     name = "ddad_anomaly_detection"
     description = "DDAD anomaly scores, labels and heat maps (JSON, DICOM Secondary Capture, PNG) for CR/DX images"
-    version = "0.3.0"
+    version = "0.4.0"
 
     def compose(self):
         app_context = Application.init_app_context(self.argv)

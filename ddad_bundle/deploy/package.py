@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ddad_bundle.deploy.package", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="new folder for the staged application")
     parser.add_argument("--model", default="runs/demo/cxr_phantom_ae/models/model.ts", help="model.ts for the printed command")
-    parser.add_argument("--tag", default="ddad-cxr:0.3.0", help="image tag for the printed command")
+    parser.add_argument("--tag", default="ddad-cxr:0.4.0", help="image tag for the printed command")
     args = parser.parse_args(argv)
     out = stage_app(args.out)
     print(f"staged the application in {out}; package it with:\n"
