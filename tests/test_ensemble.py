@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from ignite.engine import Events
 
+from helpers import crash_then_resume
 from scripts.ensemble import (EnsembleTrainer, MemberBatches, MemberGroup, adam_optimizers, member_seeds, seeded_members,
                               shuffle_order)
 from scripts.handlers import MemberCheckpoints, final_weights_path
@@ -109,24 +109,12 @@ def test_same_seed_same_weights(images, tmp_path):
 def test_interrupted_run_resumes_to_the_same_weights(images, tmp_path, lr_schedule):
     reference = make_trainer(images, tmp_path / "ref", epochs=3, lr_schedule=lr_schedule)
     reference.run()
+    def nothing_final_yet():
+        assert not final_weights_path(tmp_path / "run", "ndm", 0).exists()
 
-    class Interrupt(Exception):
-        pass
-
-    interrupted = make_trainer(images, tmp_path / "run", epochs=3, lr_schedule=lr_schedule)
-
-    @interrupted.on(Events.ITERATION_COMPLETED)
-    def crash(engine):
-        # a crash in the middle of epoch 3, after the epoch-2 checkpoints were written
-        if engine.state.epoch == 3 and engine.state.iteration % engine.state.epoch_length == 2:
-            raise Interrupt()
-
-    with pytest.raises(Interrupt):
-        interrupted.run()
-    assert not final_weights_path(tmp_path / "run", "ndm", 0).exists()
-
-    resumed = make_trainer(images, tmp_path / "run", epochs=3, lr_schedule=lr_schedule)  # a fresh process
-    resumed.run()
+    # a crash in the middle of epoch 3, after the epoch-2 checkpoints were written
+    resumed = crash_then_resume(lambda: make_trainer(images, tmp_path / "run", epochs=3, lr_schedule=lr_schedule),
+                                epoch=3, iteration_in_epoch=2, after_crash=nothing_final_yet)
     assert resumed.state.epoch == 3
     assert_same_weights(weights(resumed), weights(reference))
 
@@ -232,21 +220,9 @@ def test_fused_adam_takes_the_same_steps_to_float_tolerance(images):
 def test_joint_run_resumes_both_modules_to_the_same_weights(pools, tmp_path):
     reference = joint_trainer(pools, tmp_path / "ref", epochs=3, mode="concurrent", threads=2, lr_schedule="cosine")
     reference.run()
-
-    class Interrupt(Exception):
-        pass
-
-    interrupted = joint_trainer(pools, tmp_path / "run", epochs=3, mode="concurrent", threads=2, lr_schedule="cosine")
-
-    @interrupted.on(Events.ITERATION_COMPLETED)
-    def crash(engine):
-        if engine.state.epoch == 3 and engine.state.iteration % engine.state.epoch_length == 4:
-            raise Interrupt()  # the NDM has finished its epoch-3 batches, the UDM has not
-
-    with pytest.raises(Interrupt):
-        interrupted.run()
-    resumed = joint_trainer(pools, tmp_path / "run", epochs=3, mode="concurrent", threads=2, lr_schedule="cosine")
-    resumed.run()
+    # the NDM has finished its 3 batches of epoch 3, the UDM has not finished its 5
+    resumed = crash_then_resume(lambda: joint_trainer(pools, tmp_path / "run", epochs=3, mode="concurrent", threads=2,
+                                                      lr_schedule="cosine"), epoch=3, iteration_in_epoch=4)
     assert_same_weights(weights(resumed), weights(reference))
 
 

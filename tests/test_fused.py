@@ -4,8 +4,8 @@ import logging
 
 import pytest
 import torch
-from ignite.engine import Events
 
+from helpers import crash_then_resume
 from scripts.ensemble import (EnsembleTrainer, MemberBatches, PerMemberTrainer, adam_optimizers, build_ensemble_trainer,
                               member_seeds, resolve_ensemble_mode, seeded_members)
 from scripts.fused import (FusedAE, join_optimizer_states, load_into_members, split_optimizer_state,
@@ -156,20 +156,8 @@ def test_fused_run_resumes_to_the_same_weights(images, tmp_path):
     reference = make_trainer("ae", images, "fused", tmp_path / "ref", epochs=3, lr_schedule="cosine")
     reference.run()
 
-    class Interrupt(Exception):
-        pass
-
-    interrupted = make_trainer("ae", images, "fused", tmp_path / "run", epochs=3, lr_schedule="cosine")
-
-    @interrupted.on(Events.ITERATION_COMPLETED)
-    def crash(engine):
-        if engine.state.epoch == 3 and engine.state.iteration % engine.state.epoch_length == 2:
-            raise Interrupt()
-
-    with pytest.raises(Interrupt):
-        interrupted.run()
-    resumed = make_trainer("ae", images, "fused", tmp_path / "run", epochs=3, lr_schedule="cosine")
-    resumed.run()
+    resumed = crash_then_resume(lambda: make_trainer("ae", images, "fused", tmp_path / "run", epochs=3, lr_schedule="cosine"),
+                                epoch=3, iteration_in_epoch=2)
     for k in range(3):
         assert torch.equal(torch.load(final_weights_path(tmp_path / "run", "ndm", k))["encoder.0.0.weight"],
                            reference.members[k].encoder[0][0].weight)
