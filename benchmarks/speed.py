@@ -253,7 +253,15 @@ def machine(device) -> dict:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+    flags = set()
+    try:
+        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        pass
+    vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    info = {"cpu": cpu, "cpu_features": vector, "bf16_native": bf16_native(device),
+            "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "interop_threads": torch.get_num_interop_threads(), "python": platform.python_version(),
             "device": str(device), "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     if torch.device(device).type == "cuda":
@@ -264,7 +272,8 @@ def machine(device) -> dict:
 def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"Measured {result['date']} with `{result['command']}`.", "",
-             f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, {m['threads']} intra-op threads, "
+             f"Machine: {m['cpu']} ({', '.join(m.get('cpu_features', [])) or 'no AVX2'}; native bf16: "
+             f"{'yes' if m.get('bf16_native') else 'no'}), {m['cores']} cores, torch {m['torch']}, {m['threads']} intra-op threads, "
              f"device `{m['device']}`" + (f" ({m['gpu']})" if "gpu" in m else "")
              + f"; load average at start {m['load_average_at_start']:.1f}.", "",
              f"Stage-1 training, {result['settings']['image_size']}x{result['settings']['image_size']}, "
