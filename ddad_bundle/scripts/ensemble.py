@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
 import logging
 import math
 from concurrent.futures import ThreadPoolExecutor
@@ -412,23 +411,23 @@ class EnsembleTrainer(Trainer):
             torch.set_num_threads(previous)
 
     def _iteration(self, engine, batchdata: dict) -> dict:
-        tasks, stepped = [], []
+        plan = []  # (group, its steps): every member of every group that has a batch this iteration
         for group, images in zip(self.groups, batchdata["images"]):
             if images is None:
                 continue  # this group's pool has given all its batches of the epoch
             images = images.to(engine.state.device, non_blocking=engine.non_blocking)
-            stepped.append(group)
             if self.ensemble_mode == "fused":
-                tasks.append(functools.partial(self._fused_step, group, images))
+                steps = [functools.partial(self._fused_step, group, images)]
             else:
-                tasks += [functools.partial(self._member_step, group, k, images[k]) for k in range(len(group.members))]
-        results = list(self.pool.map(_call, tasks)) if self.pool is not None else [task() for task in tasks]
-        if self.ensemble_mode != "fused":
-            results = [torch.stack(results[i:i + len(g.members)]) for i, g in
-                       zip(itertools.accumulate([0] + [len(g.members) for g in stepped]), stepped)]
-        for group, losses in zip(stepped, results):
-            self._check_finite(group, losses.float(), engine)
-            group.last_losses = losses.float()
+                steps = [functools.partial(self._member_step, group, k, images[k]) for k in range(len(group.members))]
+            plan.append((group, steps))
+        every_step = [step for _, steps in plan for step in steps]
+        results = iter(self.pool.map(_call, every_step) if self.pool is not None else [step() for step in every_step])
+        for group, steps in plan:
+            losses = torch.stack([next(results) for _ in steps]).flatten().float()  # (K,) either way
+            self._check_finite(group, losses, engine)
+            group.last_losses = losses
+        stepped = [group for group, _ in plan]
         output = {"loss": torch.cat([g.last_losses for g in stepped]).mean().item(),
                   "member_losses": [v for g in self.groups for v in g.last_losses.tolist()]}
         output.update({f"{g.module}_loss": g.last_losses.mean().item() for g in self.groups})
