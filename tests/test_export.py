@@ -127,3 +127,23 @@ def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_
     assert out["score"] == pytest.approx(float(pred.mean()), abs=1e-6)
     assert out["label"] == ("abnormal" if out["score"] > threshold["threshold"] else "normal")
     assert tuple(out["pred"].shape[1:]) == tuple(image.shape[1:])  # back at the input's resolution
+
+
+@pytest.mark.slow
+def test_export_of_another_score_carries_its_map_and_threshold(cxr_run, tmp_path):
+    runs_dir, output_dir = cxr_run
+    model_ts = tmp_path / "model.ts"
+    assert cli_main(["export", "--runs_dir", str(runs_dir), "--image_size", "32", "--model_ts", str(model_ts),
+                     "--deploy_score", "A_inter"]) == 0
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(model_ts), _extra_files=extra)
+    thresholds = json.loads((output_dir / "models" / "threshold.json").read_text())["thresholds"]
+    inference = json.loads(extra["inference.json"])
+    assert inference["deploy_score"] == "A_inter"
+    assert inference["decision_threshold"] == pytest.approx(thresholds["A_inter"])
+    assert json.loads(extra["metadata.json"])["ddad"]["score"] == "A_inter"
+    ckpt_dir = output_dir / "models"
+    pipeline = load_pipeline(lambda: build_backbone("ae", 1, 32, 16), ckpt_dir, 3, has_trained_udm(ckpt_dir), False)
+    images = torch.rand(3, 1, 32, 32, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(scripted(images), pipeline(images)["A_inter"], atol=1e-5)

@@ -120,3 +120,27 @@ def test_scoring_without_a_trained_model_names_the_missing_file(tmp_path, capsys
     status = cli_main(["score", str(image), "--out", str(tmp_path / "o"), "--runs_dir", str(tmp_path / "none")])
     assert status == 2
     assert "ndm_member0.pt does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_another_score_can_be_deployed_with_its_own_validation_threshold(cxr_run, tmp_path, capsys):
+    import csv
+
+    runs_dir, output_dir = cxr_run
+    record = json.loads((output_dir / "models" / "threshold.json").read_text())
+    assert {"A_rec", "A_intra", "A_inter", record["score"]} <= set(record["thresholds"])
+    assert record["threshold"] == record["thresholds"][record["score"]]
+    data = runs_dir / "data" / "cxr_phantom"
+    entry = next(e for e in json.loads((data / "split.json").read_text())["test"] if e["label"] == 1)
+    out = tmp_path / "a_inter"
+    args = ["score", str(data / entry["image"]), "--out", str(out), "--runs_dir", str(runs_dir), "--image_size", "32"]
+    assert cli_main(args + ["--deploy_score", "A_inter"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["score_name"] == "A_inter" and summary["files"][0]["score_name"] == "A_inter"
+    assert summary["threshold"] == pytest.approx(record["thresholds"]["A_inter"])
+    # the same number the evaluation reported for this test image
+    with open(output_dir / "eval" / "scores.csv") as f:
+        evaluated = next(r for r in csv.DictReader(f) if r["image"].endswith(entry["image"].split("/")[-1]))
+    assert summary["files"][0]["score"] == pytest.approx(float(evaluated["A_inter"]), rel=1e-4, abs=1e-6)
+    assert cli_main(args + ["--deploy_score", "A_total"]) == 2
+    assert "deploy_score 'A_total'" in capsys.readouterr().err

@@ -84,10 +84,7 @@ def export_torchscript(pipeline: DDADPipeline, path, channels: int, image_size: 
     ``configs``: {name: content} embedded as ``<name>.json``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = DeployedPipeline(pipeline.cpu()).eval()
-    if threshold.get("score", module.score_name) != module.score_name:
-        raise ValueError(f"threshold.json is for {threshold.get('score')!r} but the exported pipeline reports "
-                         f"{module.score_name!r}; re-run the 'training_asr' workflow")
+    module = DeployedPipeline(pipeline.cpu(), threshold.get("score")).eval()
     meta = deployed_metadata(metadata or {"network_data_format": {"inputs": {"image": {}}, "outputs": {"pred": {}}}},
                              channels, image_size, threshold, module.score_name)
     extra = {"metadata.json": json.dumps(meta),
@@ -112,19 +109,25 @@ def effective_config(output_dir, configs_dir: Path) -> dict:
     return ConfigParser.load_config_files([str(configs_dir / "common.json"), str(configs_dir / "inference.json")])
 
 
-def export_run(pipeline: DDADPipeline, path, channels: int, image_size: int, ckpt_dir, output_dir=None) -> Path:
+def export_run(pipeline: DDADPipeline, path, channels: int, image_size: int, ckpt_dir, output_dir=None,
+               deploy_score: str | None = None) -> Path:
     """Export a run folder's trained model with the metadata, the decision threshold and the
-    run's effective inference config embedded (see the module docstring)."""
-    from .inference import load_threshold
+    run's effective inference config embedded (see the module docstring). ``deploy_score``: the
+    score ``model.ts`` outputs (default: threshold.json's, i.e. ``DDADPipeline.primary_score``)."""
+    from .inference import load_threshold, threshold_for
 
     configs_dir = Path(__file__).resolve().parents[1] / "configs"
     metadata = json.loads((configs_dir / "metadata.json").read_text())
-    threshold = load_threshold(ckpt_dir)
+    stored = load_threshold(ckpt_dir)
+    if deploy_score is None and stored.get("score") != pipeline.primary_score:
+        raise ValueError(f"threshold.json is for {stored.get('score')!r} but the exported pipeline reports "
+                         f"{pipeline.primary_score!r}; re-run the 'training_asr' workflow")
+    threshold = threshold_for(stored, deploy_score)
     inference = effective_config(output_dir if output_dir is not None else Path(ckpt_dir).parent, configs_dir)
     # A deployment has no run folder to read threshold.json from: the number goes in the config.
     inference["decision_threshold"] = float(threshold["threshold"])
-    inference["deploy_score"] = DeployedPipeline(pipeline).score_name
+    inference["deploy_score"] = threshold["score"]
     configs = {"inference": inference, "common": json.loads((configs_dir / "common.json").read_text())}
     out = export_torchscript(pipeline, path, channels, image_size, threshold, metadata, configs)
-    print(f"exported {DeployedPipeline(pipeline).score_name} pipeline to {out}")
+    print(f"exported {threshold['score']} pipeline to {out}")
     return out

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Iterable
+from typing import Dict, Iterable, Optional
 
 import nibabel as nib
 import numpy as np
@@ -38,7 +38,7 @@ from PIL import Image
 from .metrics import threshold_at_specificity
 from .pipeline import DDADPipeline
 from .files import write_csv_atomic, write_json_atomic
-from .scores import image_score
+from .scores import image_scores
 from .transforms import (SUPPORTED_EXTENSIONS, ImageLoadError, LoadMask, LoadMaskd, LoadMedicalImage,
                          LoadMedicalImaged, detect_format, to_nifti_orientation)
 
@@ -52,22 +52,30 @@ SUMMARY_COLUMNS = ["file", "status", "score_name", "score", "threshold", "label"
 # ----------------------------------------------------------------------------- threshold
 
 @torch.no_grad()
-def validation_scores(pipeline: DDADPipeline, images: torch.Tensor, batch_size: int = 64) -> np.ndarray:
-    """Primary scores of clean held-out normals (N,)."""
-    name = pipeline.primary_score
-    scores = [image_score(pipeline(images[s : s + batch_size]), name) for s in range(0, len(images), batch_size)]
-    return torch.cat(scores).cpu().numpy()
+def validation_scores(pipeline: DDADPipeline, images: torch.Tensor, batch_size: int = 64) -> Dict[str, np.ndarray]:
+    """Every image score of the clean held-out normals: {score name: (N,)}."""
+    parts: Dict[str, list] = {}
+    for s in range(0, len(images), batch_size):
+        for name, values in image_scores(pipeline(images[s : s + batch_size])).items():
+            parts.setdefault(name, []).append(values)
+    return {name: torch.cat(values).cpu().numpy() for name, values in parts.items()}
 
 
 def save_threshold(pipeline: DDADPipeline, validation_images: torch.Tensor, ckpt_dir, specificity: float = 0.95) -> Path:
-    """Decision threshold on the validation normals (never the test set); writes ``threshold.json``."""
+    """Decision thresholds on the validation normals (never the test set); writes ``threshold.json``.
+
+    ``score``/``threshold`` are the default deployment score's (``DDADPipeline.primary_score``);
+    ``thresholds`` holds one per score, so another score can be deployed (config key
+    ``deploy_score``) with a threshold chosen the same way.
+    """
     scores = validation_scores(pipeline, validation_images.to(next(pipeline.parameters()).device))
-    threshold = threshold_at_specificity(scores, specificity)
-    record = {"score": pipeline.primary_score, "threshold": float(threshold), "specificity": float(specificity),
-              "n_validation": int(len(scores)),
+    thresholds = {name: float(threshold_at_specificity(values, specificity)) for name, values in scores.items()}
+    primary = pipeline.primary_score
+    record = {"score": primary, "threshold": thresholds[primary], "thresholds": thresholds,
+              "specificity": float(specificity), "n_validation": int(len(scores[primary])),
               "rule": "abnormal when score > threshold; at most (1 - specificity) of validation normals exceed it"}
     path = write_json_atomic(record, Path(ckpt_dir) / "threshold.json")
-    logger.info("decision threshold %.6g for %s at specificity %.2f -> %s", threshold, record["score"], specificity, path)
+    logger.info("decision threshold %.6g for %s at specificity %.2f -> %s", record["threshold"], primary, specificity, path)
     return path
 
 
@@ -76,6 +84,20 @@ def load_threshold(ckpt_dir) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: run the 'training_asr' workflow first (it stores the threshold)")
     return json.loads(path.read_text())
+
+
+def threshold_for(record: dict, score: Optional[str] = None) -> dict:
+    """``threshold.json``'s record for the deployed ``score`` (config key ``deploy_score``;
+    None: the stored default), with ``score`` and ``threshold`` set to that score's."""
+    score = score or record["score"]
+    if score == record["score"]:
+        return dict(record)
+    table = record.get("thresholds") or {}
+    if score not in table:
+        known = sorted(table) or [record["score"]]
+        raise ValueError(f"deploy_score {score!r}: threshold.json holds thresholds for {', '.join(known)}"
+                         + ("" if table else "; re-run the 'training_asr' workflow to store one for every score"))
+    return dict(record, score=score, threshold=float(table[score]))
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -150,18 +172,23 @@ class FolderScorer:
     Args:
         pipeline: the trained model.
         preprocessing: the modality's transform chain (the same as in training).
-        threshold: ``threshold.json`` content ({"score", "threshold", ...}).
+        threshold: ``threshold.json`` content ({"score", "threshold", "thresholds", ...}).
+        score_name: the score to report (config key ``deploy_score``); None: threshold.json's default.
         channels: image channels the model expects.
         device: where the networks run.
     """
 
     def __init__(self, pipeline: DDADPipeline, preprocessing: Compose, threshold: dict, channels: int = 1,
-                 device="cpu", batch_size: int = 32):
+                 device="cpu", batch_size: int = 32, score_name: Optional[str] = None):
         self.pipeline = pipeline.to(device).eval()
-        self.score_name = pipeline.primary_score
-        if threshold.get("score") != self.score_name:
+        if score_name is None and threshold.get("score") != pipeline.primary_score:
             raise ValueError(f"threshold.json is for {threshold.get('score')!r} but the model reports "
-                             f"{self.score_name!r}; re-run the 'training_asr' workflow")
+                             f"{pipeline.primary_score!r}; re-run the 'training_asr' workflow")
+        threshold = threshold_for(threshold, score_name)
+        self.score_name = threshold["score"]
+        if self.score_name not in pipeline.score_names:
+            raise ValueError(f"deploy_score {self.score_name!r} is not a score of this model "
+                             f"(it has {', '.join(pipeline.score_names)})")
         self.threshold = float(threshold["threshold"])
         self.preprocessing = preprocessing
         self.array_chain = without_loading(preprocessing)

@@ -103,15 +103,19 @@ class DDADPipeline(nn.Module):
 
 class DeployedPipeline(nn.Module):
     """The trained model as one TorchScript-scriptable module: ``image`` (B, C, H, W) in,
-    ``pred`` (B, 1, H, W) out, the map of the deployment score (``DDADPipeline.primary_score``:
-    R_dual, else R_intra, else A_inter, else A_intra). All NDM and UDM members (fused), the discrepancy
+    ``pred`` (B, 1, H, W) out, the map of the deployment score: ``score_name`` (config key
+    ``deploy_score``), by default ``DDADPipeline.primary_score`` (R_dual, else R_intra, else
+    A_inter, else A_intra). All NDM and UDM members (fused), the discrepancy
     maps (``scripts.scores.discrepancy_maps``, scripted as they are) and the ASR-Net run inside.
     The image score is the spatial mean of ``pred``; the inference config computes it.
     """
 
-    def __init__(self, pipeline: DDADPipeline):
+    def __init__(self, pipeline: DDADPipeline, score_name: Optional[str] = None):
         super().__init__()
-        self.score_name: str = pipeline.primary_score
+        self.score_name: str = score_name or pipeline.primary_score
+        if self.score_name not in pipeline.score_names:
+            raise ValueError(f"deploy_score {self.score_name!r} is not a score of this model "
+                             f"(it has {', '.join(pipeline.score_names)})")
         self.members = pipeline.members
         self.num_ndm: int = pipeline.num_ndm
         self.has_udm: bool = pipeline.num_udm > 0
