@@ -319,8 +319,6 @@ class EnsembleTrainer(Trainer):
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.groups = groups
         self.module = "+".join(g.module for g in groups)
-        self.objective = groups[0].objective
-        self.data = groups[0].data if len(groups) == 1 else batches
         self.members = nn.ModuleList([m for g in groups for m in g.members]).to(device, memory_format=self.memory_format)
         self.optimizers = [o for g in groups for o in g.optimizers]
         self.member_modules = [(g.module, k) for g in groups for k in range(len(g.members))]
@@ -329,7 +327,7 @@ class EnsembleTrainer(Trainer):
         self.schedulers = [s for g in groups for s in g.schedulers]
         self.pool: ThreadPoolExecutor | None = None
         self.workers = min(int(threads) or torch.get_num_threads(), len(self.members))
-        self.ensemble_mode = self._fusion_or_fallback(mode, lr_schedule, max_epochs)
+        self.ensemble_mode = self._concrete_mode(mode, lr_schedule, max_epochs)
         self.add_event_handler(Events.EPOCH_STARTED, lambda engine: batches.set_epoch(engine.state.epoch))
         if self.ensemble_mode == "fused":
             # Registered before the handlers: checkpoints written at these events see fresh members.
@@ -342,8 +340,9 @@ class EnsembleTrainer(Trainer):
             # Registered after the handlers: a resume loads the members first, then the fused copy.
             self.add_event_handler(Events.STARTED, self.sync_fused)
 
-    def _fusion_or_fallback(self, mode: str, lr_schedule: str, max_epochs: int) -> str:
-        """Build each group's fused network and optimizer, or say why the members train one by one."""
+    def _concrete_mode(self, mode: str, lr_schedule: str, max_epochs: int) -> str:
+        """The mode the loop runs: 'concurrent' needs two worker threads; 'fused' builds each group's
+        fused network and optimizer, or says why the members train one by one."""
         if mode == "concurrent" and self.workers < 2:
             logger.info("%s: one worker thread available; training the members sequentially", self.module)
             return "sequential"

@@ -114,15 +114,11 @@ def export_run(pipeline: DDADPipeline, path, channels: int, image_size: int, ckp
     """Export a run folder's trained model with the metadata, the decision threshold and the
     run's effective inference config embedded (see the module docstring). ``deploy_score``: the
     score ``model.ts`` outputs (default: threshold.json's, i.e. ``DDADPipeline.primary_score``)."""
-    from .inference import load_threshold, threshold_for
+    from .inference import deployment_threshold, load_threshold
 
     configs_dir = Path(__file__).resolve().parents[1] / "configs"
     metadata = json.loads((configs_dir / "metadata.json").read_text())
-    stored = load_threshold(ckpt_dir)
-    if deploy_score is None and stored.get("score") != pipeline.primary_score:
-        raise ValueError(f"threshold.json is for {stored.get('score')!r} but the exported pipeline reports "
-                         f"{pipeline.primary_score!r}; re-run the 'training_asr' workflow")
-    threshold = threshold_for(stored, deploy_score)
+    threshold = deployment_threshold(load_threshold(ckpt_dir), pipeline, deploy_score)
     inference = effective_config(output_dir if output_dir is not None else Path(ckpt_dir).parent, configs_dir)
     # A deployment has no run folder to read threshold.json from: the number goes in the config.
     inference["decision_threshold"] = float(threshold["threshold"])

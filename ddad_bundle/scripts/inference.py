@@ -100,6 +100,20 @@ def threshold_for(record: dict, score: Optional[str] = None) -> dict:
     return dict(record, score=score, threshold=float(table[score]))
 
 
+def deployment_threshold(record: dict, pipeline: DDADPipeline, score: Optional[str] = None) -> dict:
+    """``threshold_for`` checked against the trained model: without an explicit ``score`` the
+    stored one must be the model's default (else threshold.json is stale), and the chosen score
+    must be one the model computes."""
+    if score is None and record.get("score") != pipeline.primary_score:
+        raise ValueError(f"threshold.json is for {record.get('score')!r} but the model reports "
+                         f"{pipeline.primary_score!r}; re-run the 'training_asr' workflow")
+    chosen = threshold_for(record, score)
+    if chosen["score"] not in pipeline.score_names:
+        raise ValueError(f"deploy_score {chosen['score']!r} is not a score of this model "
+                         f"(it has {', '.join(pipeline.score_names)})")
+    return chosen
+
+
 # ----------------------------------------------------------------------------- inputs
 
 def list_inputs(paths: Iterable) -> list[Path]:
@@ -181,14 +195,8 @@ class FolderScorer:
     def __init__(self, pipeline: DDADPipeline, preprocessing: Compose, threshold: dict, channels: int = 1,
                  device="cpu", batch_size: int = 32, score_name: Optional[str] = None):
         self.pipeline = pipeline.to(device).eval()
-        if score_name is None and threshold.get("score") != pipeline.primary_score:
-            raise ValueError(f"threshold.json is for {threshold.get('score')!r} but the model reports "
-                             f"{pipeline.primary_score!r}; re-run the 'training_asr' workflow")
-        threshold = threshold_for(threshold, score_name)
+        threshold = deployment_threshold(threshold, pipeline, score_name)
         self.score_name = threshold["score"]
-        if self.score_name not in pipeline.score_names:
-            raise ValueError(f"deploy_score {self.score_name!r} is not a score of this model "
-                             f"(it has {', '.join(pipeline.score_names)})")
         self.threshold = float(threshold["threshold"])
         self.preprocessing = preprocessing
         self.array_chain = without_loading(preprocessing)
