@@ -5,11 +5,11 @@ Data: ``../shared/data/cxr_kermany_pneumonia`` (Kermany et al. 2018, CC BY 4.0; 
 
 Protocol (seeded, patient-disjoint for both classes; patient ids from the file names:
 ``personN_...`` for pneumonia, ``IM-XXXX`` / ``NORMAL2-IM-XXXX`` for normals): one split drawn
-with ``--split_seed`` (default 0) by ``scripts.splits.build_split``: D_n 540 known normals for
+with ``--split_seed`` (default 0) by ``scripts.data.splits.build_split``: D_n 540 known normals for
 training plus 60 validation normals (stage-2 selection and the threshold; never the test set),
 D_u 1000 at AR 0.6 (400 normal + 600 pneumonia), test 300 normal + 300 pneumonia; 64x64, K = 3.
 The backbone table (the journal's Table 3: AE, MemAE, AE-U x A_rec, A_rec_ensemble, A_intra,
-A_inter, R_intra, R_dual) runs through ``scripts.experiments.backbone_table``: AE with seeds
+A_inter, R_intra, R_dual) runs through ``scripts.tools.experiments.backbone_table``: AE with seeds
 0 1 2, MemAE and AE-U with seed 0 (``--ae_seeds``, ``--seeds``), each cell a full bundle run in
 ``<out>/cells/<backbone>_seed<k>/``, finished cells never rerun. The seeds change member
 initialization, shuffling and synthetic anomalies, not the split. Schedule: the demo's shortened
@@ -41,8 +41,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "ddad_bundle")]
 
-from scripts import experiments  # noqa: E402
-from scripts.experiments import BACKBONE_NAMES, DEFAULT_SIZES, KERMANY_DIR, SIZE_KEYS  # noqa: E402
+from scripts.tools import experiments  # noqa: E402
+from scripts.tools.experiments import BACKBONE_NAMES, DEFAULT_SIZES, KERMANY_DIR, SIZE_KEYS  # noqa: E402
 
 SCHEDULE = {"epochs": 30, "asr_epochs": 10, "batch_size": 16, "lr_schedule": "cosine"}
 BASELINES = ("mean intensity", "intensity std", "L2 to mean normal")
@@ -54,8 +54,8 @@ def baselines(split_file, overrides: dict) -> dict:
     from monai.bundle import ConfigParser
     from sklearn.metrics import roc_auc_score
 
-    from scripts.data import cache_images
-    from scripts.splits import datalist, load_split
+    from scripts.data.cache import cache_images
+    from scripts.data.splits import datalist, load_split
 
     parser = ConfigParser()
     parser.read_config([str(REPO / "ddad_bundle" / "configs" / f) for f in ("common.json", "train.json")])
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
 
 
 def run(opts, out: Path, overrides: dict) -> int:
-    from scripts.files import write_csv_atomic, write_json_atomic, write_text_atomic
+    from scripts.runtime.files import write_csv_atomic, write_json_atomic, write_text_atomic
 
     source = experiments.prepare("kermany", out, opts.data_dir, split_seed=opts.split_seed,
                                  sizes={k: getattr(opts, k) for k in SIZE_KEYS + ("n_unlabeled",)})

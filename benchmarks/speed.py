@@ -5,7 +5,7 @@ Measures, in one run on one machine (64x64 grayscale, K = 3 members, batch 64 un
 - stage-1 training throughput in member-images per second of (a) a plain PyTorch loop over one
   AE in float32 and in bf16 autocast, (b) the per-member Ignite path (one MONAI
   SupervisedTrainer + DataLoader per member, ``ensemble_mode`` 'per_member'), (c) the fused and
-  the sequential forms of ``scripts.ensemble.EnsembleTrainer``, each in float32 and bf16;
+  the sequential forms of ``scripts.engines.ensemble.EnsembleTrainer``, each in float32 and bf16;
 - ASR-Net (stage 2) training images per second (both refiners, paper batch 8, frozen stage 1);
 - end-to-end wall time of the bundle's stage 1 + stage 2 workflows on the CXR phantoms;
 - inference images per second (batch 64) and per-image latency (batch 1) of stage 1 alone
@@ -40,14 +40,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ddad_bundle"))
 sys.path.insert(0, str(ROOT))
 
-from scripts.ensemble import (EnsembleTrainer, MemberBatches, MemberGroup, PerMemberTrainer,  # noqa: E402
+from scripts.engines.ensemble import (EnsembleTrainer, MemberBatches, MemberGroup, PerMemberTrainer,  # noqa: E402
                               adam_optimizers, bf16_autocast, bf16_native, member_seeds, seeded_members)
-from scripts.losses import MSEObjective  # noqa: E402
-from scripts.networks import AE, ASRNet  # noqa: E402
-from scripts.phantoms import generate_phantom_dataset  # noqa: E402
-from scripts.pipeline import DDADPipeline, DeployedPipeline  # noqa: E402
-from scripts.refinement import MapExtractor, RefinementTrainer  # noqa: E402
-from scripts.scores import discrepancy_maps  # noqa: E402
+from scripts.scoring.losses import MSEObjective  # noqa: E402
+from scripts.networks.asr import ASRNet  # noqa: E402
+from scripts.networks.backbones import AE  # noqa: E402
+from scripts.data.phantoms import generate_phantom_dataset  # noqa: E402
+from scripts.scoring.pipeline import DDADPipeline, DeployedPipeline  # noqa: E402
+from scripts.engines.refinement import MapExtractor, RefinementTrainer  # noqa: E402
+from scripts.scoring.scores import discrepancy_maps  # noqa: E402
 
 BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
 
@@ -127,7 +128,7 @@ def ensemble_run(kind: str, device, k: int, batch: int, size: int, steps: int, a
 
 def stage1_training(device, args) -> list[dict]:
     """Without native bf16 (``bf16_native``), bf16 rows run only ``bf16_steps`` iterations: they are slow."""
-    from scripts.ensemble import resolve_amp, resolve_ensemble_mode
+    from scripts.engines.ensemble import resolve_amp, resolve_ensemble_mode
 
     rows = []
     b, s, k, n = args.batch_size, args.image_size, args.members, args.steps

@@ -14,7 +14,7 @@ Commands::
 the bundle root put on the import path (configs say ``$import scripts``) and every override key
 checked against the configs before anything starts, so ``--epoch 5`` is refused with a hint
 instead of being silently added. ``fit`` runs training, training_asr and evaluating in turn with the same settings (for example on
-a folder tree of one's own images, see ``scripts.folders``). ``demo`` trains and evaluates on generated phantoms with a
+a folder tree of one's own images, see ``scripts.data.folders``). ``demo`` trains and evaluates on generated phantoms with a
 shortened schedule and prints the AUC/AP table and the path of ``metrics.json``.
 """
 
@@ -91,8 +91,8 @@ def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=Non
     ensure_bundle_on_path()
     from monai.bundle import run
 
-    from scripts import config_guard
-    from scripts.data import root_cause
+    from scripts.runtime import config_guard
+    from scripts.data.cache import root_cause
 
     overrides = dict(overrides or {})
     files = config_files_for(workflow, extra_configs)
@@ -120,7 +120,7 @@ def run_workflows(workflows: list[str], overrides: dict, extra_configs=None) -> 
     A key no workflow defines is refused before the first one starts.
     """
     ensure_bundle_on_path()
-    from scripts import config_guard
+    from scripts.runtime import config_guard
 
     files = {w: config_files_for(w, extra_configs) for w in workflows}
     union = list(dict.fromkeys(f for w in workflows for f in files[w]))
@@ -155,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s) merged after the workflow's own (dataset configs...)")
     commands.add_parser("export", help="write the trained pipeline as one TorchScript file (model.ts)")
-    # options are parsed by scripts.experiments (its own --help), so this parser only names the command
+    # options are parsed by scripts.tools.experiments (its own --help), so this parser only names the command
     commands.add_parser("experiment", add_help=False,
                         help="the papers' experiments: ar_sweep (Fig. 5), backbones (Table 3); docs/experiments.md")
     fit_parser = commands.add_parser("fit", help="training, training_asr and evaluating in turn")
@@ -199,7 +199,7 @@ def dispatch(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "experiment":
         ensure_bundle_on_path()
-        from scripts import experiments
+        from scripts.tools import experiments
 
         return experiments.main(argv[argv.index("experiment") + 1:])
     if args.command == "export":

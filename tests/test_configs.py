@@ -9,7 +9,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from conftest import BUNDLE_ROOT, REPO_ROOT
-from scripts.config_guard import ConfigKeyError, check_overrides, parse_run_argv
+from scripts.runtime.config_guard import ConfigKeyError, check_overrides, parse_run_argv
 
 CONFIGS = BUNDLE_ROOT / "configs"
 WORKFLOWS = {

@@ -6,8 +6,8 @@ import torch
 from monai.transforms import Compose, Resized
 from PIL import Image
 
-from scripts.data import cache_images, evaluation_loader, for_modality, join_pools
-from scripts.transforms import LoadMaskd, LoadMedicalImaged, ScaleToSymmetricRanged
+from scripts.data.cache import cache_images, evaluation_loader, for_modality, join_pools
+from scripts.data.readers import LoadMaskd, LoadMedicalImaged, ScaleToSymmetricRanged
 
 
 def chain(size=16):

@@ -175,7 +175,7 @@ def test_staged_package_folder_holds_the_app_and_the_bundle_code(tmp_path):
 
     out = stage_app(tmp_path / "app")
     for name in ("__main__.py", "app.yaml", "requirements.txt", "ddad_bundle/deploy/app.py",
-                 "ddad_bundle/scripts/transforms.py", "ddad_bundle/configs/inference.json"):
+                 "ddad_bundle/scripts/data/readers.py", "ddad_bundle/configs/inference.json"):
         assert (out / name).is_file(), name
     assert not list(out.rglob("__pycache__")) and not (out / "ddad_bundle" / "models").exists()
     compile((out / "__main__.py").read_text(), "__main__.py", "exec")

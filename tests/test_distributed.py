@@ -1,4 +1,4 @@
-"""Stage 1 under torchrun (configs/multi_gpu_train.json, scripts/distributed.py), on CPU with gloo.
+"""Stage 1 under torchrun (configs/multi_gpu_train.json, scripts/engines/distributed.py), on CPU with gloo.
 
 - The assignment rule: every member trained once, heaviest first to the least-loaded rank, groups
   of consecutive ranks when there are more ranks than members.
@@ -19,9 +19,9 @@ import torch.distributed as dist
 from torch import nn
 
 from conftest import BUNDLE_ROOT
-from scripts.distributed import ReplicaObjective, plan_members
-from scripts.ensemble import EnsembleTrainer, MemberBatches, adam_optimizers, seeded_members
-from scripts.losses import MSEObjective
+from scripts.engines.distributed import ReplicaObjective, plan_members
+from scripts.engines.ensemble import EnsembleTrainer, MemberBatches, adam_optimizers, seeded_members
+from scripts.scoring.losses import MSEObjective
 
 # A very small stage 1: 40 training normals (and 4 validation images), 20 unlabeled, 16x16 images, 2 epochs.
 TINY_STAGE1 = {

@@ -9,7 +9,7 @@ import json
 import pytest
 
 from conftest import run_bundle
-from scripts.scores import ALL_SCORES
+from scripts.scoring.scores import ALL_SCORES
 
 
 def check_metrics(output_dir, n_test=40):

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from helpers import crash_then_resume
-from scripts.ensemble import (EnsembleTrainer, MemberBatches, MemberGroup, adam_optimizers, member_seeds, seeded_members,
+from scripts.engines.ensemble import (EnsembleTrainer, MemberBatches, MemberGroup, adam_optimizers, member_seeds, seeded_members,
                               shuffle_order)
-from scripts.handlers import MemberCheckpoints, final_weights_path
-from scripts.losses import MSEObjective
-from scripts.networks import AE
+from scripts.handlers.training import MemberCheckpoints, final_weights_path
+from scripts.scoring.losses import MSEObjective
+from scripts.networks.backbones import AE
 
 
 def tiny_ae():
@@ -239,7 +239,7 @@ def test_modules_resuming_from_different_epochs_are_refused(pools, tmp_path):
 
 
 def test_amp_key_takes_true_false_or_auto():
-    from scripts.ensemble import bf16_native, resolve_amp
+    from scripts.engines.ensemble import bf16_native, resolve_amp
 
     assert resolve_amp(True, "cpu") is True and resolve_amp(False, "cpu") is False
     assert resolve_amp("auto", "cpu") == bf16_native("cpu")

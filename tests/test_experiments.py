@@ -16,11 +16,11 @@ from PIL import Image
 
 from conftest import BUNDLE_ROOT
 from ddad_bundle.cli import main as cli_main
-from scripts import experiments
-from scripts.experiments import (AR_STEPS, SWEEP_SCORES, TABLE_SCORES, ExperimentError, Schedule, aggregate,
+from scripts.tools import experiments
+from scripts.tools.experiments import (AR_STEPS, SWEEP_SCORES, TABLE_SCORES, ExperimentError, Schedule, aggregate,
                                  format_entry, prepare, run_cell, sweep_size, sweep_splits)
-from scripts.data import root_cause
-from scripts.splits import SplitError, load_split
+from scripts.data.cache import root_cause
+from scripts.data.splits import SplitError, load_split
 
 CONFIGS = BUNDLE_ROOT / "configs"
 # The smallest phantom protocol with every AR of the 20% grid feasible: |D_u| = 5 (0..5 abnormal).
@@ -64,7 +64,7 @@ def test_prepared_dataset_config_without_data_dir_names_the_key_and_command(name
     with pytest.raises(RuntimeError) as failure:  # MONAI wraps the error; the CLI reports the one underneath
         dataset_parser(name).get_parsed_content("split_file")
     assert isinstance(root_cause(failure.value), SplitError)
-    assert re.search(f"'data_dir'.*scripts.preparation {name}", str(root_cause(failure.value)))
+    assert re.search(f"'data_dir'.*scripts.tools.preparation {name}", str(root_cause(failure.value)))
 
 
 def test_phantom_and_folder_configs_resolve(tmp_path):
@@ -186,7 +186,7 @@ def test_schedule_settings_pass_overrides_and_epochs():
 
 
 def test_prepared_and_folder_data_become_labeled_pools(tmp_path):
-    from scripts.phantoms import generate_phantom_dataset
+    from scripts.data.phantoms import generate_phantom_dataset
 
     # a phantom data set stands in for a prepared one: a ddad-split/1 file with a labeled D_u
     generate_phantom_dataset(tmp_path / "prep", n_normal=12, n_validation=0, n_unlabeled=10, anomaly_rate=0.6,

@@ -7,9 +7,9 @@ import torch
 
 from conftest import BUNDLE_ROOT
 from ddad_bundle.cli import main as cli_main
-from scripts.evaluation import has_trained_udm, load_pipeline
-from scripts.networks import build_backbone
-from scripts.pipeline import DeployedPipeline
+from scripts.engines.evaluation import has_trained_udm, load_pipeline
+from scripts.networks.backbones import build_backbone
+from scripts.scoring.pipeline import DeployedPipeline
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_model_ts_gives_the_python_pipeline_maps(cxr_run, exported):
     _, scripted, extra = exported
     metadata = json.loads(extra["metadata.json"])
     assert metadata["ddad"]["score"] == "R_dual" and "threshold" in metadata["ddad"]
-    assert json.loads(extra["inference.json"])["scorer"]["_target_"] == "scripts.inference.FolderScorer"
+    assert json.loads(extra["inference.json"])["scorer"]["_target_"] == "scripts.engines.inference.FolderScorer"
 
     ckpt_dir = output_dir / "models"
     pipeline = load_pipeline(lambda: build_backbone("ae", 1, 32, 16), ckpt_dir, 3, has_trained_udm(ckpt_dir), False)
@@ -44,7 +44,7 @@ def test_model_ts_gives_the_python_pipeline_maps(cxr_run, exported):
 
 
 def test_deployed_pipeline_scripts_without_refiners():
-    from scripts.pipeline import DDADPipeline
+    from scripts.scoring.pipeline import DDADPipeline
 
     members = [build_backbone("aeu", 1, 16, 4).eval() for _ in range(2)]
     pipeline = DDADPipeline(members, [], heteroscedastic=True)
@@ -88,7 +88,7 @@ def test_verify_net_in_out_checks_the_deployed_architecture(tmp_path):
 
 
 def test_deployed_architecture_refuses_dual_without_udm():
-    from scripts.export import deployed_architecture
+    from scripts.deployment.export import deployed_architecture
 
     with pytest.raises(ValueError, match="has_udm"):
         deployed_architecture(lambda: build_backbone("ae", 1, 16, 4), 2, has_udm=False, refiner="dual")
@@ -117,7 +117,7 @@ def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_
     preprocessing = parser.get_parsed_content("array_preprocessing")
     postprocessing = parser.get_parsed_content("postprocessing")
     data = json.loads((runs_dir / "data" / "cxr_phantom" / "split.json").read_text())
-    from scripts.transforms import load_image
+    from scripts.data.readers import load_image
 
     image = load_image(str(runs_dir / "data" / "cxr_phantom" / data["test"][0]["image"]))
     prepared = preprocessing({"image": image})["image"]

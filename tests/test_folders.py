@@ -7,9 +7,9 @@ from PIL import Image
 
 from conftest import BUNDLE_ROOT, TINY_RUN
 from ddad_bundle.cli import main as cli_main
-from scripts.folders import split_from_folders
-from scripts.phantoms import generate_phantom_dataset
-from scripts.splits import SplitError, load_split
+from scripts.data.folders import split_from_folders
+from scripts.data.phantoms import generate_phantom_dataset
+from scripts.data.splits import SplitError, load_split
 
 
 def make_tree(root, with_unlabeled=True):

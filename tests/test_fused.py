@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from helpers import crash_then_resume
-from scripts.ensemble import (EnsembleTrainer, MemberBatches, PerMemberTrainer, adam_optimizers, build_ensemble_trainer,
+from scripts.engines.ensemble import (EnsembleTrainer, MemberBatches, PerMemberTrainer, adam_optimizers, build_ensemble_trainer,
                               member_seeds, resolve_ensemble_mode, seeded_members)
-from scripts.fused import (FusedAE, join_optimizer_states, load_into_members, split_optimizer_state,
+from scripts.networks.fused import (FusedAE, join_optimizer_states, load_into_members, split_optimizer_state,
                            unfuse_state_dict)
-from scripts.handlers import MemberCheckpoints, final_weights_path
-from scripts.losses import objective_for
-from scripts.networks import build_backbone
+from scripts.handlers.training import MemberCheckpoints, final_weights_path
+from scripts.scoring.losses import objective_for
+from scripts.networks.backbones import build_backbone
 
 BACKBONES = ("ae", "memae", "aeu")
 STEPS, LR = 6, 5e-4  # make_trainer: 20 images, batch 8 -> 3 steps per epoch, 2 epochs; adam_optimizers' lr
@@ -224,7 +224,7 @@ def test_training_config_takes_the_fast_path_by_default(images):
     assert config["trainer"]["groups"] == ["@ndm#group", "@udm#group"]
     accepted = set(inspect.signature(EnsembleTrainer.__init__).parameters) | {"num_workers"}
     for trainer in (config["trainer"], config["ndm"]["trainer"], config["udm"]["trainer"]):
-        assert trainer["_target_"] == "scripts.ensemble.build_ensemble_trainer"
+        assert trainer["_target_"] == "scripts.engines.ensemble.build_ensemble_trainer"
         assert trainer["ensemble_mode"] == "@ensemble_mode"
         assert set(trainer) - {"_target_", "_disabled_"} <= accepted
     seeds = member_seeds(0, "ndm", 2)

@@ -11,7 +11,7 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from ddad_bundle.cli import main as cli_main
-from scripts.transforms import load_image, to_nifti_orientation
+from scripts.data.readers import load_image, to_nifti_orientation
 
 
 def write_dicom(path, pixels_u16, monochrome1=False):

@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from scripts.losses import (HeteroscedasticObjective, MemAEObjective, MSEObjective, asr_focal_loss,
+from scripts.scoring.losses import (HeteroscedasticObjective, MemAEObjective, MSEObjective, asr_focal_loss,
                             attention_entropy, heteroscedastic_loss, objective_for)
-from scripts.networks import AEU, MemAE
+from scripts.networks.backbones import AEU, MemAE
 
 
 class Constant(torch.nn.Module):

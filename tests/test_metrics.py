@@ -1,10 +1,10 @@
-"""Tests of the image-level score summaries and threshold selection (scripts/metrics.py)."""
+"""Tests of the image-level score summaries and threshold selection (scripts/scoring/metrics.py)."""
 
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from scripts.metrics import (
+from scripts.scoring.metrics import (
     _auc_rows,
     bootstrap_auc_ci,
     chi2_histogram_distance,

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from scripts.networks import AE, AEU, ASRNet, BACKBONES, MemAE, build_backbone, count_parameters, stage_channels
+from scripts.networks.asr import ASRNet
+from scripts.networks.backbones import AE, AEU, BACKBONES, MemAE, build_backbone, count_parameters, stage_channels
 
 
 @pytest.mark.parametrize("name,out_channels", [("ae", 1), ("memae", 1), ("aeu", 2)])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.phantoms import MODALITIES, generate_phantom_dataset, main, render_phantom
+from scripts.data.phantoms import MODALITIES, generate_phantom_dataset, main, render_phantom
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1] / "ddad_bundle"
 SMALL = dict(n_normal=4, n_validation=2, n_unlabeled=5, anomaly_rate=0.6, n_test_normal=3, n_test_abnormal=3, size=32)
@@ -171,7 +171,7 @@ def test_command_line(tmp_path, capsys):
           "--n-validation", "1", "--n-unlabeled", "2", "--anomaly-rate", "0.5", "--n-test-normal", "1",
           "--n-test-abnormal", "1"])
     assert capsys.readouterr().out.strip() == str(tmp_path / "m" / "split.json")
-    done = subprocess.run([sys.executable, "-m", "scripts.phantoms", "--out", str(tmp_path / "c"), "--size", "16",
+    done = subprocess.run([sys.executable, "-m", "scripts.data.phantoms", "--out", str(tmp_path / "c"), "--size", "16",
                            "--n-normal", "1", "--n-validation", "0", "--n-unlabeled", "3", "--n-test-normal", "1",
                            "--n-test-abnormal", "0"], cwd=BUNDLE_ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "anomaly_rate=0.6 with n_unlabeled=3" in done.stderr

@@ -1,4 +1,4 @@
-"""Data set preparation (scripts.preparation) on small real-format inputs built here: RSNA-like
+"""Data set preparation (scripts.tools.preparation) on small real-format inputs built here: RSNA-like
 DICOMs (explicit VR little endian 12-bit, MONOCHROME1/2, VOI windows, one JPEG-baseline file as the
 real RSNA files are) with the real class CSV, VinDr-like DICOMs with several readers per image,
 the Brain Tumor MRI folder tree and the LAG tree. Checks exact set sizes and anomaly rate,
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from scripts.preparation import PreparationError, main, prepare
-from scripts.splits import SplitError, load_split
+from scripts.tools.preparation import PreparationError, main, prepare
+from scripts.data.splits import SplitError, load_split
 
 BUNDLE = Path(__file__).resolve().parents[1] / "ddad_bundle"
 SIZE = 32
@@ -226,7 +226,7 @@ def test_rsna_counts_intensities_and_rerun(sources, tmp_path):
     assert rep["pools"]["normal"] == 14 and rep["pools"]["abnormal"] == 10
     assert rep["counts"]["unlabeled_abnormal"] == 3 and rep["anomaly_rate"] == 0.6
     assert rep["conversion"] == {"converted": 24, "already_done": 0, "unreadable": 0}
-    assert rep["seed"] == 0 and rep["command"].startswith("python -m scripts.preparation rsna")
+    assert rep["seed"] == 0 and rep["command"].startswith("python -m scripts.tools.preparation rsna")
     assert "--modality cxr --dataset rsna" in rep["train_command"]
     # the third class is unused; every entry names its patient, and no patient is in two sets
     used = {e["patient_id"]: s for s in SETS for e in d[s]}
@@ -423,7 +423,7 @@ def test_lag_gray_then_rgb(sources, tmp_path):
 
 
 def test_command_line_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "scripts.preparation", "lag", "--source", str(tmp_path / "none"),
+    proc = subprocess.run([sys.executable, "-m", "scripts.tools.preparation", "lag", "--source", str(tmp_path / "none"),
                            "--out", str(tmp_path / "o")], cwd=BUNDLE, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(BUNDLE)})
     assert proc.returncode == 2 and "no such folder" in proc.stderr
@@ -436,7 +436,7 @@ OFFICIAL_BRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "splits
 def test_official_brain_tumor_names_resolve(tmp_path):
     """Every name of the official file resolves to exactly one file of a Nickparvar-layout tree
     (empty files: only the lookup is checked here, nothing is converted)."""
-    from scripts.preparation import _assign_names, _from_reference, scan_brain_tumor
+    from scripts.tools.preparation import _assign_names, _from_reference, scan_brain_tumor
 
     data = json.loads(OFFICIAL_BRAIN.read_text())
     names = data["train"]["0"] + data["train"]["unlabeled"]["0"] + data["train"]["unlabeled"]["1"]

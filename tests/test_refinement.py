@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from scripts.ensemble import seeded_members
-from scripts.networks import AE
-from scripts.pipeline import DDADPipeline
-from scripts.refinement import (REFINER_SCORES, RELIABLE_SELECTION_AUC, MapExtractor, RefinementTrainer,
+from scripts.engines.ensemble import seeded_members
+from scripts.networks.backbones import AE
+from scripts.scoring.pipeline import DDADPipeline
+from scripts.engines.refinement import (REFINER_SCORES, RELIABLE_SELECTION_AUC, MapExtractor, RefinementTrainer,
                                 RefinerSelection, build_refiners, load_refiner, make_validation_set, map_scales,
                                 refiner_names)
-from scripts.reports import ScoreReport, format_table
+from scripts.handlers.reports import ScoreReport, format_table
 
 
 def members(seeds):
@@ -142,8 +142,8 @@ def test_a_refiner_that_never_beats_chance_is_flagged_in_record_log_and_report(e
 
 
 def test_extractor_runs_the_members_fused_and_gives_the_per_member_maps(extractor, images):
-    from scripts.fused import FusedAE
-    from scripts.scores import discrepancy_maps
+    from scripts.networks.fused import FusedAE
+    from scripts.scoring.scores import discrepancy_maps
 
     assert isinstance(extractor.members, FusedAE)
     with torch.no_grad():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from scripts.scores import discrepancy_maps, image_scores, member_rec_scores
+from scripts.scoring.scores import discrepancy_maps, image_scores, member_rec_scores
 
 # One image of 1x2 pixels; three NDM and three UDM members.
 X = torch.tensor([[[[1.0, 0.0]]]])                       # (B=1, C=1, H=1, W=2)
@@ -75,7 +75,7 @@ def test_single_member_is_refused_for_a_intra():
 
 
 def test_member_std_is_torch_std_with_the_k_minus_1_divisor():
-    from scripts.scores import member_std
+    from scripts.scoring.scores import member_std
 
     recon = torch.randn(3, 5, 2, 8, 8, generator=torch.Generator().manual_seed(3))
     expected = recon.std(dim=0, unbiased=True)

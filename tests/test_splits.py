@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from scripts.splits import (
+from scripts.data.splits import (
     Split,
     SplitError,
     build_split,

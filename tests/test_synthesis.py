@@ -1,11 +1,11 @@
-"""Tests of the ASR-Net's synthetic patch anomalies (scripts/synthesis.py)."""
+"""Tests of the ASR-Net's synthetic patch anomalies (scripts/scoring/synthesis.py)."""
 
 import math
 
 import pytest
 import torch
 
-from scripts.synthesis import (
+from scripts.scoring.synthesis import (
     SyntheticPatchAnomaly,
     apply_batch_params,
     patch_box,

@@ -1,4 +1,4 @@
-"""Tests of scripts.transforms on real files written to tmp_path (PNG, JPEG, DICOM, NIfTI)."""
+"""Tests of scripts.data.readers on real files written to tmp_path (PNG, JPEG, DICOM, NIfTI)."""
 
 import logging
 import pickle
@@ -13,7 +13,7 @@ from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from scripts.transforms import (
+from scripts.data.readers import (
     ImageLoadError,
     LoadMask,
     LoadMaskd,

@@ -9,8 +9,8 @@ write the results.
     identifiers; pixels are decoded later, by the bundle's own loader.
 ``BundleInferenceOperator`` (input ``items``, output ``results``)
     Loads ``model.ts`` and parses the inference config embedded in it (the run's effective
-    config, see ``scripts.export``) with the SDK's ``get_bundle_config``. Each image is read by the
-    loader of the config's ``preprocessing`` (``scripts.transforms.LoadMedicalImage``: rescale,
+    config, see ``scripts.deployment.export``) with the SDK's ``get_bundle_config``. Each image is read by the
+    loader of the config's ``preprocessing`` (``scripts.data.readers.LoadMedicalImage``: rescale,
     VOI window, MONOCHROME1 inversion, exactly as in training), transformed by
     ``array_preprocessing`` (the rest of that chain), scored by the TorchScript pipeline and
     passed through ``postprocessing``: image score = spatial mean of ``pred``, label from the
@@ -65,7 +65,7 @@ def list_input_files(input_path) -> list[Path]:
 def classify(path: Path) -> dict:
     """One input item: {"path", "kind", "status": "ok"|"skipped", "reason", "dataset"}."""
     import pydicom
-    from scripts.transforms import ImageLoadError, detect_format
+    from scripts.data.readers import ImageLoadError, detect_format
 
     item = {"path": str(path), "kind": None, "status": "ok", "reason": "", "dataset": None}
     try:
@@ -134,7 +134,7 @@ class BundleScorer:
 
     def __init__(self, model_path, device=None):
         from monai.deploy.operators.monai_bundle_inference_operator import get_bundle_config
-        from scripts.transforms import LoadMedicalImaged
+        from scripts.data.readers import LoadMedicalImaged
 
         self.model_path = resolve_model_path(model_path)
         try:
@@ -225,7 +225,7 @@ def write_results(results: list[dict], output_dir) -> dict:
     """Write each result's JSON, PNG and (DICOM inputs) Secondary Capture, then ``results.json``."""
     from PIL import Image
     from pydicom.uid import generate_uid
-    from scripts.inference import heat_overlay
+    from scripts.engines.inference import heat_overlay
 
     from .dicom_sc import write_secondary_capture
 

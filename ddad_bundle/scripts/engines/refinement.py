@@ -1,7 +1,7 @@
 """Stage 2 of DDAD: training the Anomaly Score Refinement Net (ASR-Net) on frozen stage-1 maps.
 
 Following DDAD-ASR (Cai et al., MedIA 2023, Sec. 3.3): known-normal images receive synthetic
-patch anomalies (``scripts.synthesis``) on half of the samples; the frozen NDM and UDM ensembles
+patch anomalies (``scripts.scoring.synthesis``) on half of the samples; the frozen NDM and UDM ensembles
 turn each image into discrepancy maps; the ASR-Net learns to segment the synthetic patch from
 them with a focal loss (gamma = 2). Two refiners are trained side by side on the same batches:
 
@@ -41,12 +41,12 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from .ensemble import MemberBatches, bf16_autocast, member_seeds
-from .files import torch_save_atomic, write_json_atomic
-from .fused import stack_members
-from .losses import asr_focal_loss
-from .networks import ASRNet
-from .scores import discrepancy_maps
-from .synthesis import synthesize_batch
+from ..runtime.files import torch_save_atomic, write_json_atomic
+from ..networks.fused import stack_members
+from ..scoring.losses import asr_focal_loss
+from ..networks.asr import ASRNet
+from ..scoring.scores import discrepancy_maps
+from ..scoring.synthesis import synthesize_batch
 
 logger = logging.getLogger("ddad")
 
@@ -63,7 +63,7 @@ REFINER_SCORES = {"dual": "R_dual", "intra": "R_intra"}
 class MapExtractor(nn.Module):
     """Frozen stage-1 ensembles -> discrepancy maps (B, 1, H, W) of a batch (B, C, H, W).
 
-    All NDM and UDM members run as one fused network (``scripts.fused.stack_members``), one
+    All NDM and UDM members run as one fused network (``scripts.networks.fused.stack_members``), one
     batched pass per stage-2 batch, as in evaluation and inference.
     """
 

@@ -25,14 +25,14 @@ the same seed gives byte-identical files, and no image depends on how many other
 Example::
 
     import numpy as np
-    from scripts.phantoms import render_phantom, generate_phantom_dataset
+    from scripts.data.phantoms import render_phantom, generate_phantom_dataset
 
     image, mask = render_phantom("cxr", np.random.default_rng(0), size=128, abnormal=True)
     split_file = generate_phantom_dataset("runs/data/cxr", modality="cxr", seed=0)
 
 Command line, from ``ddad_bundle/``::
 
-    python -m scripts.phantoms --modality cxr --out runs/data/cxr --seed 0
+    python -m scripts.data.phantoms --modality cxr --out runs/data/cxr --seed 0
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ import re
 import numpy as np
 from PIL import Image
 
-from .files import write_json_atomic
+from ..runtime.files import write_json_atomic
 
 MODALITIES = ("cxr", "brain", "fundus")
 ROLES = ("normal", "validation", "unlabeled", "test")
@@ -815,7 +815,7 @@ def generate_phantom_dataset(out_dir, modality="cxr", n_normal=400, n_validation
         for e in entries[role]:
             del e["label"]
 
-    description = (f"Synthetic {modality} phantoms from ddad_bundle scripts/phantoms.py (generator version "
+    description = (f"Synthetic {modality} phantoms from ddad_bundle scripts/data/phantoms.py (generator version "
                    f"{GENERATOR_VERSION}), seed {seed}, {size}x{size}{' RGB' if rgb else ' grayscale'}; every image is "
                    f"a distinct synthetic subject. Unlabeled: {n_abnormal} of {counts['n_unlabeled']} abnormal; "
                    f"test: {counts['n_test_normal']} normal + {counts['n_test_abnormal']} abnormal with lesion masks.")
@@ -854,13 +854,13 @@ def _write_readme(out, description, counts, n_abnormal):
             f"images (images/unlabeled_*, {n_abnormal} abnormal; labels in split.json for bookkeeping only), "
             f"{counts['n_test_normal'] + counts['n_test_abnormal']} test images (images/test_*) with binary lesion "
             "masks (masks/test_*, 0/255, empty for normal images). No real patient data: regenerate with "
-            "`python -m scripts.phantoms` from ddad_bundle/ using the parameters in split.json's \"generator\" key.\n")
+            "`python -m scripts.data.phantoms` from ddad_bundle/ using the parameters in split.json's \"generator\" key.\n")
     (out / "README.txt").write_text(text)
 
 
 def main(argv=None):
     """Command line: generate a phantom data set and print the split file's path."""
-    ap = argparse.ArgumentParser(prog="python -m scripts.phantoms", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m scripts.data.phantoms", description=__doc__.split("\n\n")[0])
     ap.add_argument("--modality", choices=MODALITIES, default="cxr")
     ap.add_argument("--out", required=True, help="output folder (split.json, images/, masks/)")
     ap.add_argument("--seed", type=int, default=0)

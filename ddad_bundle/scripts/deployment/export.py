@@ -1,6 +1,6 @@
 """Export a trained run as one TorchScript file for deployment (MONAI Deploy loads ``model.ts``).
 
-The file holds ``scripts.pipeline.DeployedPipeline``: input ``image`` (B, C, H, W) already
+The file holds ``scripts.scoring.pipeline.DeployedPipeline``: input ``image`` (B, C, H, W) already
 preprocessed, output ``pred`` (B, 1, H, W), the map of the deployment score (R_dual, else
 R_intra, else A_inter/A_intra), with every NDM and UDM member, the discrepancy maps and the
 ASR-Net inside. Beside the weights it carries, as extra files in the layout that
@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 from monai.networks.utils import convert_to_torchscript
 
-from .networks import ASRNet
-from .pipeline import DDADPipeline, DeployedPipeline
-from .refinement import REFINER_INPUTS
+from ..networks.asr import ASRNet
+from ..scoring.pipeline import DDADPipeline, DeployedPipeline
+from ..engines.refinement import REFINER_INPUTS
 
 REFINER_CHOICES = ("dual", "intra", "none")
 
@@ -114,9 +114,9 @@ def export_run(pipeline: DDADPipeline, path, channels: int, image_size: int, ckp
     """Export a run folder's trained model with the metadata, the decision threshold and the
     run's effective inference config embedded (see the module docstring). ``deploy_score``: the
     score ``model.ts`` outputs (default: threshold.json's, i.e. ``DDADPipeline.primary_score``)."""
-    from .inference import deployment_threshold, load_threshold
+    from ..engines.inference import deployment_threshold, load_threshold
 
-    configs_dir = Path(__file__).resolve().parents[1] / "configs"
+    configs_dir = Path(__file__).resolve().parents[2] / "configs"
     metadata = json.loads((configs_dir / "metadata.json").read_text())
     threshold = deployment_threshold(load_threshold(ckpt_dir), pipeline, deploy_score)
     inference = effective_config(output_dir if output_dir is not None else Path(ckpt_dir).parent, configs_dir)

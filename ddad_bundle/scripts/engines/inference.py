@@ -8,7 +8,7 @@ For every input file (PNG, JPEG, DICOM, 2D NIfTI) ``FolderScorer`` writes
   (``threshold.json``, chosen on the validation normals at a configurable specificity,
   ``save_threshold``);
 - the anomaly map at the input's resolution as NIfTI (``<name>_map.nii.gz``, same orientation
-  convention as the loader: ``scripts.transforms.to_nifti_orientation``) and as a PNG heat map
+  convention as the loader: ``scripts.data.readers.to_nifti_orientation``) and as a PNG heat map
   over the input (``<name>_overlay.png``, fixed colour scale [0, 1] so images compare);
 - one row in ``scores.csv`` and an entry in ``summary.json``.
 
@@ -35,11 +35,11 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, Resize
 from PIL import Image
 
-from .metrics import threshold_at_specificity
-from .pipeline import DDADPipeline
-from .files import write_csv_atomic, write_json_atomic
-from .scores import image_scores
-from .transforms import (SUPPORTED_EXTENSIONS, ImageLoadError, LoadMask, LoadMaskd, LoadMedicalImage,
+from ..scoring.metrics import threshold_at_specificity
+from ..scoring.pipeline import DDADPipeline
+from ..runtime.files import write_csv_atomic, write_json_atomic
+from ..scoring.scores import image_scores
+from ..data.readers import (SUPPORTED_EXTENSIONS, ImageLoadError, LoadMask, LoadMaskd, LoadMedicalImage,
                          LoadMedicalImaged, detect_format, to_nifti_orientation)
 
 logger = logging.getLogger("ddad")

@@ -1,7 +1,7 @@
 """Scoring the labeled test set with the trained modules: the DDAD evaluator.
 
 ``DiscrepancyEvaluator`` is a MONAI ``Evaluator`` (an Ignite engine) whose iteration runs the
-trained model (``scripts.pipeline.DDADPipeline``: NDM and UDM members, and the ASR-Nets after
+trained model (``scripts.scoring.pipeline.DDADPipeline``: NDM and UDM members, and the ASR-Nets after
 stage 2) on a batch (B, C, H, W) and outputs, per batch::
 
     {"image": (B, C, H, W), "scores": {name: (B,)}, "maps": {name: (B, 1, H, W)}, "label": (B,),
@@ -10,14 +10,14 @@ stage 2) on a batch (B, C, H, W) and outputs, per batch::
 
 Image-level AUC and AP are MONAI's ``ROCAUC`` and ``AveragePrecision`` handlers attached as
 metrics named ``<score>/auc`` and ``<score>/ap``. Pixel-level AUROC (when every test image has a
-mask) is computed by ``scripts.reports.ScoreReport`` with scikit-learn: MONAI's ROC metric loops
+mask) is computed by ``scripts.handlers.reports.ScoreReport`` with scikit-learn: MONAI's ROC metric loops
 in Python and takes minutes on the ~10^6 pixels of a test set.
 
 Example (config)::
 
-    "evaluator": {"_target_": "scripts.evaluation.DiscrepancyEvaluator", "device": "@device",
+    "evaluator": {"_target_": "scripts.engines.evaluation.DiscrepancyEvaluator", "device": "@device",
                   "val_data_loader": "@test#loader", "ndm_members": "@ndm#members", ...,
-                  "additional_metrics": "$scripts.evaluation.score_metrics(@score_names)"}
+                  "additional_metrics": "$scripts.engines.evaluation.score_metrics(@score_names)"}
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from monai.engines import Evaluator
 from monai.handlers import AveragePrecision, ROCAUC
 from torch import nn
 
-from .handlers import final_weights_path
-from .pipeline import DDADPipeline
+from ..handlers.training import final_weights_path
+from ..scoring.pipeline import DDADPipeline
 from .refinement import selected_refiners
-from .scores import image_scores
+from ..scoring.scores import image_scores
 
 logger = logging.getLogger("ddad")
 
@@ -80,14 +80,14 @@ def score_metrics(score_names: Sequence[str]) -> dict:
 
 
 class DiscrepancyEvaluator(Evaluator):
-    """Runs the frozen trained model (``scripts.pipeline.DDADPipeline``) over a test loader.
+    """Runs the frozen trained model (``scripts.scoring.pipeline.DDADPipeline``) over a test loader.
 
     Args:
         device: where the networks run.
         val_data_loader: MONAI DataLoader yielding {"image", "label", optional "mask"}.
         pipeline: the trained ``DDADPipeline`` (NDM, UDM, selected ASR-Nets).
         additional_metrics: MONAI metric handlers (``score_metrics``).
-        handlers: evaluation handlers (``scripts.reports.ScoreReport``).
+        handlers: evaluation handlers (``scripts.handlers.reports.ScoreReport``).
     """
 
     def __init__(self, device, val_data_loader, pipeline: nn.Module, additional_metrics: Optional[dict] = None,

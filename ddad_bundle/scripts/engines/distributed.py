@@ -2,7 +2,7 @@
 
 DDAD's NDM and UDM are ensembles of K networks each that share nothing but their training pool:
 member k's weights depend only on its seed (initialization and shuffle order, see
-``scripts.ensemble``) and on its pool. A process can therefore train any subset of the 2K members
+``scripts.engines.ensemble``) and on its pool. A process can therefore train any subset of the 2K members
 and produce exactly the weights the single-process run produces for them; no gradients are
 exchanged between members. This module decides which process trains which member, sets up the
 process group, and, when there are more processes than members, runs one member on a group of
@@ -52,7 +52,7 @@ from ignite.engine import Events
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from .handlers import LossProgressBar, MemberCheckpoints, final_weights_path
+from ..handlers.training import LossProgressBar, MemberCheckpoints, final_weights_path
 
 logger = logging.getLogger("ddad")
 
@@ -285,7 +285,7 @@ class ReplicaObjective:
     which gives the same gradient on each. Members without a group use ``objective`` unchanged.
 
     Args:
-        objective: the module's objective (``scripts.losses``).
+        objective: the module's objective (``scripts.scoring.losses``).
         groups: raw member network -> (process group, rank within it, group size).
         device: where the members train.
     """
@@ -389,7 +389,7 @@ class MemberSpread:
         ids = self.members(module)
         found = [h for h in handlers if isinstance(h, MemberCheckpoints)]
         if len(found) != 1:
-            raise ValueError(f"config key '{module}#handlers' must hold exactly one scripts.handlers.MemberCheckpoints, "
+            raise ValueError(f"config key '{module}#handlers' must hold exactly one scripts.handlers.training.MemberCheckpoints, "
                              f"found {len(found)}")
         result = []
         for handler in handlers:

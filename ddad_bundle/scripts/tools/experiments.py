@@ -19,7 +19,7 @@ is ``mean ± std`` (sample standard deviation, ddof 1) over seeds; the seeds cha
 with ``--split_seed``.
 
 Splits of the AR sweep: the dataset's images are two labeled pools (normal, abnormal). One
-:func:`scripts.splits.build_split` draw with ``--split_seed`` fixes D_n, the validation set and
+:func:`scripts.data.splits.build_split` draw with ``--split_seed`` fixes D_n, the validation set and
 the test set and sets aside a D_u reservoir of |D_u| normals and |D_u| abnormals; D_u at rate AR
 is then the first ``|D_u| (1 - AR)`` reservoir normals and the first ``|D_u| AR`` reservoir
 abnormals in one seeded order. So everything but D_u's composition is identical at every AR, and
@@ -33,7 +33,7 @@ chest X-rays of ``../shared/data/cxr_kermany_pneumonia``, pooled by patient), ``
 tree: ``normal/`` and ``test/normal/`` are normal, ``abnormal/`` and ``test/abnormal/`` abnormal;
 ``unlabeled/`` has no labels and is not used by the sweep) and the prepared data sets ``rsna``,
 ``vindr``, ``brain_tumor``, ``lag`` (every labeled image of the ``split.json`` that
-``python -m scripts.preparation`` wrote; the backbone table uses that split as is, the paper's
+``python -m scripts.tools.preparation`` wrote; the backbone table uses that split as is, the paper's
 repartition).
 
 Example::
@@ -61,12 +61,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import write_csv_atomic, write_json_atomic, write_text_atomic
-from .scores import ALL_SCORES
-from .splits import build_split, load_split, prepared_split_file, save_split, unlabeled_abnormal_count
-from .transforms import SUPPORTED_EXTENSIONS
+from ..runtime.files import write_csv_atomic, write_json_atomic, write_text_atomic
+from ..scoring.scores import ALL_SCORES
+from ..data.splits import build_split, load_split, prepared_split_file, save_split, unlabeled_abnormal_count
+from ..data.readers import SUPPORTED_EXTENSIONS
 
-BUNDLE_ROOT = Path(__file__).resolve().parents[1]
+BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 DATASET_CONFIGS = BUNDLE_ROOT / "configs" / "datasets"
 KERMANY_DIR = BUNDLE_ROOT.parents[1] / "shared" / "data" / "cxr_kermany_pneumonia"
 PREPARED = ("rsna", "vindr", "brain_tumor", "lag")
@@ -143,7 +143,7 @@ def kermany_pools(data_dir=KERMANY_DIR) -> tuple[list[dict], list[dict]]:
 
 def phantom_pools(folder, modality: str, n_normal: int, n_abnormal: int, size: int, seed: int):
     """Labeled phantom pools, generated once: every image in the generator's test role, so all carry masks."""
-    from .phantoms import generate_phantom_dataset
+    from ..data.phantoms import generate_phantom_dataset
 
     split_file = generate_phantom_dataset(folder, modality=modality, n_normal=1, n_validation=0, n_unlabeled=0,
                                           anomaly_rate=0.0, n_test_normal=n_normal, n_test_abnormal=n_abnormal,
@@ -224,7 +224,7 @@ def prepare(dataset: str, out, data_dir=None, modality: str | None = None, split
     if data_dir is None:
         raise ExperimentError(f"--dataset {dataset} needs --data_dir "
                               + ("(a folder tree)" if dataset == "folder" else
-                                 f"(the --out folder of `python -m scripts.preparation {dataset}`)"))
+                                 f"(the --out folder of `python -m scripts.tools.preparation {dataset}`)"))
     data_dir = os.path.abspath(data_dir)
     normal, abnormal, s = folder_pools(data_dir) if dataset == "folder" else prepared_pools(data_dir, dataset)
     return Source(dataset, normal, abnormal, dict(s, **asked), dict(settings, data_dir=data_dir), config,

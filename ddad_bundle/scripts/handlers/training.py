@@ -9,7 +9,7 @@ are present and agree on the epoch, loads them so an interrupted run continues w
 
 Example (config)::
 
-    {"_target_": "scripts.handlers.MemberCheckpoints", "ckpt_dir": "@ckpt_dir", "module": "ndm"}
+    {"_target_": "scripts.handlers.training.MemberCheckpoints", "ckpt_dir": "@ckpt_dir", "module": "ndm"}
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 
-from .files import torch_save_atomic
+from ..runtime.files import torch_save_atomic
 
 logger = logging.getLogger("ddad")
 
@@ -41,7 +41,7 @@ class MemberCheckpoints:
         save_every: epochs between resumable checkpoints.
         resume: load the last checkpoints at start when they exist.
         member_ids: the ensemble index of each of the engine's members, for a process that trains
-            only some of them (``scripts.distributed``); default ``0..len(members)-1``. File
+            only some of them (``scripts.engines.distributed``); default ``0..len(members)-1``. File
             names always use these global indices, and only these members' files are touched.
     """
 

@@ -18,7 +18,7 @@ implementation's ``data.json`` format.
 
 Example::
 
-    from scripts.splits import build_split, save_split, load_split, datalist
+    from scripts.data.splits import build_split, save_split, load_split, datalist
     d = build_split(normals, abnormals, n_normal=800, n_unlabeled=500, anomaly_rate=0.6,
                     n_test_normal=100, n_test_abnormal=100, n_validation=50, seed=0)
     save_split(d, "data/split.json")
@@ -45,7 +45,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import write_json_atomic
+from ..runtime.files import write_json_atomic
 
 FORMAT = "ddad-split/1"
 SETS = ("normal", "validation", "unlabeled", "test")
@@ -675,9 +675,9 @@ def _resample_reference(sets, rate, resample_seed, val_fraction, seed, check_fil
 
 
 def prepared_split_file(data_dir, dataset: str) -> str:
-    """``<data_dir>/split.json`` as written by ``python -m scripts.preparation <dataset>``, or a
+    """``<data_dir>/split.json`` as written by ``python -m scripts.tools.preparation <dataset>``, or a
     SplitError naming the config key and the command that makes it (used by configs/datasets/*.json)."""
-    make = f"python -m scripts.preparation {dataset} --source <download> --out <folder>"
+    make = f"python -m scripts.tools.preparation {dataset} --source <download> --out <folder>"
     if not os.path.isdir(str(data_dir)):
         raise SplitError(f"config key 'data_dir' is {str(data_dir)!r}, not a folder: give --data_dir, the "
                          f"--out folder of `{make}` (docs/datasets.md)")
@@ -708,8 +708,8 @@ def _summary(split: Split) -> str:
 
 
 if __name__ == "__main__":
-    # python -m scripts.splits SPLIT.json                 -> check a ddad-split/1 file, print its counts
-    # python -m scripts.splits DATA.json --reference DIR  -> the same for a reference-format file
+    # python -m scripts.data.splits SPLIT.json                 -> check a ddad-split/1 file, print its counts
+    # python -m scripts.data.splits DATA.json --reference DIR  -> the same for a reference-format file
     args = sys.argv[1:]
     try:
         if len(args) == 3 and args[1] == "--reference":
@@ -717,6 +717,6 @@ if __name__ == "__main__":
         elif len(args) == 1:
             print(_summary(load_split(args[0])))
         else:
-            sys.exit("usage: python -m scripts.splits SPLIT.json | python -m scripts.splits DATA.json --reference IMAGE_DIR")
+            sys.exit("usage: python -m scripts.data.splits SPLIT.json | python -m scripts.data.splits DATA.json --reference IMAGE_DIR")
     except SplitError as e:
         sys.exit(f"error: {e}")

@@ -2,10 +2,10 @@
 
 Four commands, one per data set (run from ``ddad_bundle/``)::
 
-    python -m scripts.preparation rsna        --source <RSNA folder>   --out <folder>
-    python -m scripts.preparation vindr       --source <VinDr folder>  --out <folder>
-    python -m scripts.preparation brain_tumor --source <BTM folder>    --out <folder> [--include-pituitary]
-    python -m scripts.preparation lag         --source <LAG folder>    --out <folder> [--rgb]
+    python -m scripts.tools.preparation rsna        --source <RSNA folder>   --out <folder>
+    python -m scripts.tools.preparation vindr       --source <VinDr folder>  --out <folder>
+    python -m scripts.tools.preparation brain_tumor --source <BTM folder>    --out <folder> [--include-pituitary]
+    python -m scripts.tools.preparation lag         --source <LAG folder>    --out <folder> [--rgb]
 
 Common options: ``--seed 0 --anomaly-rate 0.6 --size 256``, the set sizes ``--n-normal
 --n-unlabeled --n-test-normal --n-test-abnormal`` (defaults: the paper's repartition, see
@@ -24,16 +24,16 @@ What a run produces under ``--out``:
 - ``prepare_report.json``: classes found, pool sizes, set counts, anomaly rate, seed, command,
   source, conversion counts, and every file left out and why.
 
-Intensities. DICOM: :func:`scripts.transforms.read_dicom_intensities` with ``voi_window=True,
+Intensities. DICOM: :func:`scripts.data.readers.read_dicom_intensities` with ``voi_window=True,
 robust_clip=True`` (rescale, first VOI window, MONOCHROME1 inverted; 0.5/99.5 percentile clip
 when the header has no window), the function inference uses on raw DICOM, then min-max to
-``[0, 1]``. JPEG/PNG: :func:`scripts.transforms.load_image` (EXIF orientation, luminance to gray
+``[0, 1]``. JPEG/PNG: :func:`scripts.data.readers.load_image` (EXIF orientation, luminance to gray
 unless RGB is kept); 8-bit values are kept as they are (16-bit files are min-maxed). The image is
 then resized to ``size x size`` (area averaging, PIL ``BOX``, when both sides shrink; ``LANCZOS``
 otherwise; the aspect ratio is not kept) in floating point and rounded to 8 bits.
 
 Drawing. The pools come from the label files (RSNA, VinDr) or the class folders (brain tumor,
-LAG); :func:`scripts.splits.build_split` draws exact set sizes at an exact anomaly rate with
+LAG); :func:`scripts.data.splits.build_split` draws exact set sizes at an exact anomaly rate with
 ``--seed`` and refuses what the pools cannot give. Only drawn images are converted. An image
 that cannot be read stops the run with the list of such files; with ``--skip-unreadable`` those
 files leave the pools and the draw is repeated (same seed) until every drawn image converts.
@@ -63,8 +63,8 @@ from typing import Callable
 
 import numpy as np
 
-from .files import atomic_target, write_json_atomic
-from .splits import SplitError, build_split, load_split, read_reference_split, save_split
+from ..runtime.files import atomic_target, write_json_atomic
+from ..data.splits import SplitError, build_split, load_split, read_reference_split, save_split
 
 __all__ = ["PreparationError", "PAPER_SIZES", "DATASETS", "MODALITY", "prepare", "main"]
 
@@ -345,7 +345,7 @@ def _png_is_current(dst: Path, size: int, mode: str) -> bool:
 
 def _read_unit_range(item: Item, channels: int) -> np.ndarray:
     """Source intensities in [0, 1], ``(H, W)`` or ``(H, W, 3)``; raises ImageLoadError when unreadable."""
-    from scripts.transforms import LUMINANCE_WEIGHTS, load_image, read_dicom_intensities
+    from scripts.data.readers import LUMINANCE_WEIGHTS, load_image, read_dicom_intensities
 
     if item.kind == "dicom":
         arr = read_dicom_intensities(item.source, voi_window=True, robust_clip=True)  # float32
@@ -527,7 +527,7 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
             labels=None, workers: int = 2, log: Callable[[str], None] | None = None, command: str | None = None) -> dict:
     """Prepare one data set (see the module doc); returns the report also written to
     ``<out>/prepare_report.json``. Raises :class:`PreparationError` or
-    :class:`scripts.splits.SplitError` (too small pools, infeasible anomaly rate) when refusing."""
+    :class:`scripts.data.splits.SplitError` (too small pools, infeasible anomaly rate) when refusing."""
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if dataset not in PAPER_SIZES:
         raise PreparationError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -601,7 +601,7 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
         raise PreparationError(f"{len(bad)} image(s) could not be read (listed in {out / 'prepare_report.json'})"
                                f"{extra}: " + _some(listed))
 
-    generator = {"program": "scripts.preparation", "dataset": dataset, "size": size, "channels": channels,
+    generator = {"program": "scripts.tools.preparation", "dataset": dataset, "size": size, "channels": channels,
                  "source": str(root)}
     try:
         if reference_split is not None:
@@ -629,7 +629,7 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
                 raise PreparationError(f"{len(missing)} image(s) named in the label file are missing under {root}; "
                                        "rerun with --skip-unreadable to leave them out: "
                                        + _some([it.rel for it in missing]))
-            desc = (f"{TITLES[dataset]}: {scan.description}; drawn by scripts.preparation with seed {seed}")
+            desc = (f"{TITLES[dataset]}: {scan.description}; drawn by scripts.tools.preparation with seed {seed}")
             d, n_pool_n, n_pool_a, attempts = _draw(scan.items, dst_of, sizes, anomaly_rate, seed, desc,
                                                     {it.source for it in missing}, convert, skip_unreadable, refuse)
             pools = {"normal": n_pool_n, "abnormal": n_pool_a, "draws": attempts}
@@ -685,7 +685,7 @@ def _non_negative(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m scripts.preparation",
+        prog="python -m scripts.tools.preparation",
         description="Convert a public data set to 8-bit PNGs and a ddad-split/1 split file (run from ddad_bundle/).")
     sub = parser.add_subparsers(dest="dataset", required=True, metavar="dataset")
     helps = {"rsna": "RSNA Pneumonia Detection Challenge (stage_2_train_images/, stage_2_detailed_class_info.csv)",
@@ -731,7 +731,7 @@ def main(argv: list[str] | None = None) -> int:
                 reference_split=args.reference_split, resample_seed=args.resample_seed,
                 skip_unreadable=args.skip_unreadable, include_pituitary=getattr(args, "include_pituitary", False),
                 rgb=getattr(args, "rgb", False), labels=getattr(args, "labels", None), workers=args.workers, log=log,
-                command="python -m scripts.preparation " + " ".join(shlex.quote(a) for a in argv))
+                command="python -m scripts.tools.preparation " + " ".join(shlex.quote(a) for a in argv))
     except (PreparationError, SplitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ half normal and half abnormal.
 
 Example (config)::
 
-    {"_target_": "scripts.reports.ScoreReport", "output_dir": "@output_dir"}
+    {"_target_": "scripts.handlers.reports.ScoreReport", "output_dir": "@output_dir"}
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from ignite.engine import Engine, Events
 from sklearn.metrics import roc_auc_score
 
 from .figures import map_panel, score_histograms
-from .files import write_csv_atomic, write_json_atomic
-from .metrics import chi2_histogram_distance, summarize_scores
-from .refinement import REFINER_SCORES, RELIABLE_SELECTION_AUC
-from .scores import ALL_SCORES
+from ..runtime.files import write_csv_atomic, write_json_atomic
+from ..scoring.metrics import chi2_histogram_distance, summarize_scores
+from ..engines.refinement import REFINER_SCORES, RELIABLE_SELECTION_AUC
+from ..scoring.scores import ALL_SCORES
 
 logger = logging.getLogger("ddad")
 

@@ -7,7 +7,7 @@ were trained with. ``forward(x)`` with a preprocessed batch (B, C, H, W) returns
 the maps' spatial means. Evaluation and inference both run this one module, so the numbers they
 report come from the same code.
 
-All 2K members (NDM, then UDM) run as one ``scripts.fused.FusedAE``: one batched pass of grouped
+All 2K members (NDM, then UDM) run as one ``scripts.networks.fused.FusedAE``: one batched pass of grouped
 convolutions and batched matrix products gives the (2K, B, C', H, W) stage-1 outputs, which the
 maps and the ASR-Nets then consume, so a batch costs a handful of large kernels instead of 2K
 networks' worth of small ones.
@@ -25,8 +25,8 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import nn
 
-from .fused import stack_members
-from .refinement import REFINER_SCORES, refiner_input
+from ..networks.fused import stack_members
+from ..engines.refinement import REFINER_SCORES, refiner_input
 from .scores import discrepancy_maps, member_rec_scores
 
 
@@ -106,7 +106,7 @@ class DeployedPipeline(nn.Module):
     ``pred`` (B, 1, H, W) out, the map of the deployment score: ``score_name`` (config key
     ``deploy_score``), by default ``DDADPipeline.primary_score`` (R_dual, else R_intra, else
     A_inter, else A_intra). All NDM and UDM members (fused), the discrepancy
-    maps (``scripts.scores.discrepancy_maps``, scripted as they are) and the ASR-Net run inside.
+    maps (``scripts.scoring.scores.discrepancy_maps``, scripted as they are) and the ASR-Net run inside.
     The image score is the spatial mean of ``pred``; the inference config computes it.
     """
 

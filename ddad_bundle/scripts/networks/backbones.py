@@ -1,4 +1,4 @@
-"""Networks of DDAD: the reconstruction backbones (AE, MemAE, AE-U) and the ASR-Net.
+"""Stage-1 reconstruction backbones of DDAD: AE, MemAE and AE-U.
 
 Every class is a plain ``torch.nn.Module`` that ``torch.jit.script`` accepts, so the whole
 inference pipeline can be exported to TorchScript for MONAI Deploy.
@@ -136,29 +136,6 @@ class AEU(AE):
 
     def __init__(self, in_channels: int = 1, image_size: int = 64, latent_size: int = 16):
         super().__init__(in_channels, image_size, latent_size, out_channels=2 * in_channels)
-
-
-class ASRNet(nn.Module):
-    """Anomaly Score Refinement Net (DDAD-ASR, MedIA 2023).
-
-    Three 3x3 convolutions with ``width`` (128) channels, BN + ReLU after the first two, and a
-    2-class per-pixel output. Input (B, M, H, W): M stacked anomaly maps ([A_inter, A_intra] for
-    R_dual, [A_intra] for R_intra). Output: logits (B, 2, H, W); the softmax's channel 1 is the
-    anomaly probability.
-    """
-
-    def __init__(self, in_channels: int = 2, width: int = 128):
-        super().__init__()
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-            nn.Conv2d(width, 2, 3, padding=1),
-        )
-
-    def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        return self.body(maps)
 
 
 def build_backbone(

@@ -15,7 +15,7 @@ Tensor layouts. Training feeds each member its own batch, stacked along channels
 (B, K*C, H, W), channel block k = member k's images. Inference feeds one batch to every member:
 ``x`` (B, C, H, W), repeated to (B, K*C, H, W) inside. ``forward`` returns (B, K*C', H, W)
 (C' = C, or 2C for AE-U); ``member_outputs`` returns (K, B, C', H, W), the stacked layout of
-``scripts.scores``.
+``scripts.scoring.scores``.
 
 Member weights stay the canonical form: ``FusedAE(members)`` copies K trained or freshly
 initialized networks in, ``unfuse_state_dict`` / ``load_into_members`` give K ordinary state
@@ -41,8 +41,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from .losses import HeteroscedasticObjective, MemAEObjective, MSEObjective
-from .networks import AE, MemAE
+from ..scoring.losses import HeteroscedasticObjective, MemAEObjective, MSEObjective
+from .backbones import AE, MemAE
 
 
 class GroupedLinear(nn.Module):
@@ -126,7 +126,7 @@ class FusedAE(nn.Module):
     Args:
         members: the K networks; their weights and BatchNorm statistics are copied in.
 
-    Attributes mirror ``scripts.networks.AE`` (``encoder``, ``encode_fc``, ``decode_fc``,
+    Attributes mirror ``scripts.networks.backbones.AE`` (``encoder``, ``encode_fc``, ``decode_fc``,
     ``decoder``, ``memory``), so a fused state-dict key names the same tensor as a member key.
     """
 
@@ -306,7 +306,7 @@ def join_optimizer_states(states: Sequence[dict], fused: FusedAE, member: nn.Mod
 class FusedObjective(nn.Module):
     """Per-member losses (K,) of a fused network on a grouped batch (B, K*C, H, W).
 
-    The same three objectives as ``scripts.losses``, each averaged over one member's batch, so
+    The same three objectives as ``scripts.scoring.losses``, each averaged over one member's batch, so
     summing them gives every member the gradient of its own loss.
     """
 
@@ -335,7 +335,7 @@ class FusedObjective(nn.Module):
 
 
 def fused_objective(objective: nn.Module) -> Optional[FusedObjective]:
-    """The fused form of a ``scripts.losses`` reconstruction objective, or None if it has none."""
+    """The fused form of a ``scripts.scoring.losses`` reconstruction objective, or None if it has none."""
     if isinstance(objective, MemAEObjective):
         return FusedObjective("memae", objective.entropy_weight)
     if isinstance(objective, HeteroscedasticObjective):

@@ -16,7 +16,7 @@ Ensemble modes (config key ``ensemble_mode``), all with the same seeds, batches 
   ``threads``), each running torch with one intra-op thread. An AE op at 64x64 is too small to
   keep two cores busy, one member per core is not; the numbers do not depend on which thread
   ran which member, and equal sequential mode's under one torch thread;
-- ``fused``: one forward and backward of ``scripts.fused.FusedAE`` (grouped convolutions,
+- ``fused``: one forward and backward of ``scripts.networks.fused.FusedAE`` (grouped convolutions,
   batched matrix products) for all K members of a module and one Adam over the fused
   parameters, the loss being the sum of the members' mean losses; Adam is elementwise, so every
   member takes the step it would take alone. Member networks and optimizers are refreshed from
@@ -56,7 +56,7 @@ from ignite.engine import Events
 from monai.engines import Trainer
 from torch import nn
 
-from . import fused as fusion
+from ..networks import fused as fusion
 
 logger = logging.getLogger("ddad")
 
@@ -258,7 +258,7 @@ class EnsembleTrainer(Trainer):
         device: where the members train.
         max_epochs: epochs (250 in the paper).
         members, optimizers, objective, data, module: one group given directly (the single-module
-            form); ``objective(net, x) -> loss`` (see ``scripts.losses``) is also the default of
+            form); ``objective(net, x) -> loss`` (see ``scripts.scoring.losses``) is also the default of
             every group in ``groups``.
         handlers: MONAI/Ignite handlers to attach (each group's own handlers are attached too).
         amp: bf16 autocast for the forward pass.
@@ -494,7 +494,7 @@ class PerMemberTrainer:
             raise ValueError(f"{module}: {len(members)} members, {len(optimizers)} optimizers, batches for {len(data.seeds)}")
         if max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1 (config key 'epochs'), got {max_epochs}")
-        from .handlers import MemberCheckpoints
+        from ..handlers.training import MemberCheckpoints
 
         self.device = torch.device(device)
         self.max_epochs = int(max_epochs)
@@ -545,8 +545,8 @@ class PerMemberTrainer:
                                  train_handlers=self.handlers, decollate=False)
 
     def run(self) -> None:
-        from .files import torch_save_atomic
-        from .handlers import final_weights_path
+        from ..runtime.files import torch_save_atomic
+        from ..handlers.training import final_weights_path
 
         self.trainers = []
         for k in range(len(self.members)):

@@ -2,7 +2,7 @@
 
 - ``score_histograms``: per score, the normalized histograms of normal and abnormal test images
   on a common range, with the chi-squared distance between them in the title
-  (``scripts.metrics.chi2_histogram_distance``); the farther apart, the better the score separates.
+  (``scripts.scoring.metrics.chi2_histogram_distance``); the farther apart, the better the score separates.
 - ``map_panel``: for a few test images, one row each: the input, then the maps A_rec, A_intra,
   A_inter, R_dual (those present), each map on its own colour scale shared across rows so rows
   compare.
@@ -21,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .metrics import chi2_histogram_distance  # noqa: E402
+from ..scoring.metrics import chi2_histogram_distance  # noqa: E402
 
 PANEL_MAPS = ("A_rec", "A_intra", "A_inter", "R_dual")
 

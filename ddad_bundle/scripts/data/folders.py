@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .splits import SplitError, save_split
-from .transforms import SUPPORTED_EXTENSIONS
+from .readers import SUPPORTED_EXTENSIONS
 
 FOLDERS = {"normal": "normal", "unlabeled": "unlabeled", "test_normal": "test/normal", "test_abnormal": "test/abnormal"}
 
@@ -63,7 +63,7 @@ def split_from_folders(root, split_path) -> str:
         test_entries.append(entry)
     split = {
         "format": "ddad-split/1",
-        "description": f"made by scripts.folders from {root}",
+        "description": f"made by scripts.data.folders from {root}",
         "normal": [{"image": str(p)} for p in normal],
         "unlabeled": [{"image": str(p)} for p in unlabeled],
         "test": test_entries,

@@ -1,0 +1,1 @@
+"""Data: image readers, split files, folder trees, phantoms and cached tensors."""

@@ -1,0 +1,1 @@
+"""Deployment: the TorchScript export of a trained run."""

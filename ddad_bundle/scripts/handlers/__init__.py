@@ -1,0 +1,1 @@
+"""Ignite handlers: checkpoints and progress, evaluation reports and figures."""

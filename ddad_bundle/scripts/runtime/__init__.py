@@ -1,0 +1,1 @@
+"""Runtime glue shared by every layer: config checks and run records, atomic file writes."""

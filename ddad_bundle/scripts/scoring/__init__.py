@@ -1,0 +1,1 @@
+"""What turns network outputs into anomaly evidence: losses, maps and scores, synthetic anomalies, the trained pipeline, metrics."""

@@ -1,0 +1,1 @@
+"""Command-line tooling built on the bundle: data-set preparation and the papers' experiments."""
