@@ -9,7 +9,7 @@ MODALITY ?= cxr
 EPOCHS ?=
 DEPLOY ?=
 
-.PHONY: demo test bench env clean-runs
+.PHONY: demo test test-fast lint bench env clean-runs
 
 env: $(VENV)/.installed
 
@@ -22,8 +22,17 @@ $(VENV)/.installed: pyproject.toml
 demo: env
 	$(PY) -m ddad_bundle demo --modality $(MODALITY) $(if $(EPOCHS),--epochs $(EPOCHS),)
 
+# Everything: unit tests and the end-to-end runs that train networks (marker `slow`).
 test: env
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests
+
+# The unit tests alone (a minute or two): what to run while editing.
+test-fast: env
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow" tests
+
+# Lint (rules in pyproject.toml); CI runs it before the tests.
+lint: env
+	$(VENV)/bin/ruff check .
 
 # Training and inference speed on this machine: JSON + table into ddad_bundle/docs/performance.md.
 bench: env

@@ -32,7 +32,6 @@ The full run takes about an hour on a 2-core CPU (five cells of about 11 minutes
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time

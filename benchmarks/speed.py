@@ -212,8 +212,8 @@ def inference(device, args) -> list[dict]:
     rows = []
     with torch.no_grad():
         for name, fn in cases:
-            per_batch = timed(lambda: fn(batch), device, args.infer_repeats)
-            latency = timed(lambda: fn(one), device, args.infer_repeats * 4)
+            per_batch = timed(lambda fn=fn: fn(batch), device, args.infer_repeats)
+            latency = timed(lambda fn=fn: fn(one), device, args.infer_repeats * 4)
             rows.append({"path": name, "precision": "float32", "images_per_s": args.infer_batch / per_batch,
                          "latency_ms": 1000 * latency})
         name, fn = cases[1]  # eager (autocast does not reach into TorchScript); one pass: slow without bf16 units

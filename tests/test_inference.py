@@ -4,7 +4,6 @@ import json
 
 import nibabel as nib
 import numpy as np
-import pydicom
 import pytest
 from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
@@ -63,7 +62,7 @@ def test_every_readable_file_is_scored_and_the_corrupt_one_reported(scored):
     assert set(by_name) == {"a.png", "b.jpg", "c.dcm", "d.nii.gz", "vol.nii.gz", "broken.png"}
     assert by_name["broken.png"]["status"] == "error" and "broken.png" in by_name["broken.png"]["error"]
     assert summary["n_scored"] == 5 and summary["n_errors"] == 1
-    for name, row in by_name.items():
+    for row in by_name.values():
         if row["status"] == "ok":
             assert row["score_name"] == "R_dual"
             assert row["label"] == ("abnormal" if row["score"] > row["threshold"] else "normal")

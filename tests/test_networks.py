@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from scripts.networks.asr import ASRNet
-from scripts.networks.backbones import AE, AEU, BACKBONES, MemAE, build_backbone, count_parameters, stage_channels
+from scripts.networks.backbones import AE, BACKBONES, MemAE, build_backbone, count_parameters, stage_channels
 
 
 @pytest.mark.parametrize("name,out_channels", [("ae", 1), ("memae", 1), ("aeu", 2)])

@@ -125,7 +125,7 @@ def test_a_refiner_that_never_beats_chance_is_flagged_in_record_log_and_report(e
     with caplog.at_level("WARNING", logger="ddad"):
         trainer.run()
     record = json.loads((tmp_path / "asr_selection.json").read_text())
-    for name, entry in record["refiners"].items():
+    for entry in record["refiners"].values():
         assert entry["reliable"] == (entry["val_auc"] >= RELIABLE_SELECTION_AUC)
     unreliable = [n for n, e in record["refiners"].items() if not e["reliable"]]
     assert unreliable, "a refiner trained one epoch on random maps should not look reliable"

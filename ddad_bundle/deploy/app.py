@@ -25,6 +25,7 @@ if str(BUNDLE_ROOT) not in sys.path:
 from holoscan.conditions import CountCondition  # noqa: E402
 from monai.deploy.core import Application  # noqa: E402
 
+from ddad_bundle import __version__  # noqa: E402
 from ddad_bundle.deploy.operators import (BundleInferenceOperator, ImageFolderLoaderOperator,  # noqa: E402
                                           ResultWriterOperator)
 
@@ -36,7 +37,7 @@ class DDADDeployApp(Application):
 
     name = "ddad_anomaly_detection"
     description = "DDAD anomaly scores, labels and heat maps (JSON, DICOM Secondary Capture, PNG) for CR/DX images"
-    version = "0.4.0"
+    version = __version__
 
     def compose(self):
         app_context = Application.init_app_context(self.argv)

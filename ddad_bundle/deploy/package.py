@@ -14,18 +14,33 @@ command assembles that folder::
 
 and prints the ``monai-deploy package`` command to run next (Docker needed; see docs/deploy.md).
 The model is not copied here: the packager takes it with ``--models path/to/model.ts``.
+
+``requirements.txt`` is derived from the repository's ``pyproject.toml`` (the dependencies and the
+``deploy`` extra, less what the image does not run)::
+
+    python -m ddad_bundle.deploy.package --write_requirements
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 from pathlib import Path
+
+from ddad_bundle import __version__
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_DIR = Path(__file__).resolve().parent
 COPIED = ("__init__.py", "deploy", "scripts", "configs")
 IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc")
+PYPROJECT = BUNDLE_ROOT.parent / "pyproject.toml"  # in a source checkout; a downloaded bundle has none
+# Declared packages the application image does not need, and why.
+NOT_IN_IMAGE = {
+    "fire": "the monai.bundle command line, which the application does not use",
+    "jsonschema": "metadata verification, done before packaging",
+    "holoscan-cli": "the packaging tool itself, run on the build machine",
+}
 
 MAIN = '''"""MAP entry point: the DDAD Deploy application (staged by ddad_bundle.deploy.package)."""
 import sys
@@ -58,12 +73,35 @@ def stage_app(out_dir) -> Path:
     return out_dir
 
 
+def image_requirements(pyproject=PYPROJECT) -> str:
+    """``requirements.txt`` for the image: pyproject's dependencies and ``deploy`` extra, in that order."""
+    import tomllib  # Python 3.11+; only the repository's maintainers regenerate the file
+
+    project = tomllib.loads(Path(pyproject).read_text())["project"]
+    lines = []
+    for spec in project["dependencies"] + project["optional-dependencies"]["deploy"]:
+        name = re.split(r"[<>=!~ \[;]", spec, maxsplit=1)[0]
+        if name not in NOT_IN_IMAGE and spec not in lines:
+            lines.append(spec)
+    header = "# Installed into the MONAI Application Package image by `monai-deploy package`.\n" \
+             "# Generated from pyproject.toml: python -m ddad_bundle.deploy.package --write_requirements\n"
+    return header + "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ddad_bundle.deploy.package", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", required=True, help="new folder for the staged application")
+    parser.add_argument("--out", help="new folder for the staged application")
+    parser.add_argument("--write_requirements", action="store_true",
+                        help="regenerate deploy/requirements.txt from pyproject.toml and stop")
     parser.add_argument("--model", default="runs/demo/cxr_phantom_ae/models/model.ts", help="model.ts for the printed command")
-    parser.add_argument("--tag", default="ddad-cxr:0.4.0", help="image tag for the printed command")
+    parser.add_argument("--tag", default=f"ddad-cxr:{__version__}", help="image tag for the printed command")
     args = parser.parse_args(argv)
+    if args.write_requirements:
+        (DEPLOY_DIR / "requirements.txt").write_text(image_requirements())
+        print(f"wrote {DEPLOY_DIR / 'requirements.txt'} from {PYPROJECT}")
+        return 0
+    if not args.out:
+        parser.error("--out is required")
     out = stage_app(args.out)
     print(f"staged the application in {out}; package it with:\n"
           f"  monai-deploy package {out} -c {out / 'app.yaml'} -m {args.model} -t {args.tag} --platform x86_64")

@@ -515,7 +515,7 @@ def _vessel_tree(rng, p, step):
     t = -p["eye"]  # temporal direction along x (towards the macula)
     trunks = []
     for vert in (-1, 1):
-        for pair in range(2):
+        for _ in range(2):  # an artery and its vein
             trunks.append((math.atan2(vert, t * 0.35) + rng.normal(0, 0.12), rng.uniform(0.9, 1.3),
                            -vert * t * rng.uniform(1.4, 2.0)))
         trunks.append((math.atan2(vert, -t * 0.5) + rng.normal(0, 0.15), rng.uniform(0.5, 0.8),

@@ -52,7 +52,7 @@ def load_members(factory: Callable[[], nn.Module], ckpt_dir, module: str, num_me
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except RuntimeError as error:
-            raise RuntimeError(f"{path} does not fit the configured network (backbone, image_size, channels?): {error}")
+            raise RuntimeError(f"{path} does not fit the configured network (backbone, image_size, channels?): {error}") from error
         members.append(net.to(device).eval())
     return members
 

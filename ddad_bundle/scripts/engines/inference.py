@@ -39,7 +39,7 @@ from ..scoring.metrics import threshold_at_specificity
 from ..scoring.pipeline import DDADPipeline
 from ..runtime.files import write_csv_atomic, write_json_atomic
 from ..scoring.scores import image_scores
-from ..data.readers import (SUPPORTED_EXTENSIONS, ImageLoadError, LoadMask, LoadMaskd, LoadMedicalImage,
+from ..data.readers import (SUPPORTED_EXTENSIONS, ImageLoadError, LoadMaskd, LoadMedicalImage,
                          LoadMedicalImaged, detect_format, to_nifti_orientation)
 
 logger = logging.getLogger("ddad")

@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime
-import json
 import os
 import shlex
 import sys

@@ -1,0 +1,43 @@
+"""Published facts from measured runs: ``metadata.json``'s ``eval_metrics`` from an evaluation's ``metrics.json``.
+
+The model zoo shows ``eval_metrics`` as the bundle's results, so they are copied from a run's
+``eval/metrics.json`` by this command instead of being typed in, and they change only when a new
+run is published::
+
+    python -m ddad_bundle publish_metrics runs/demo/cxr_phantom_ae/eval/metrics.json --name demo_cxr_phantom
+
+writes ``demo_cxr_phantom_<score>_image_auc`` for every score of the run (``--scores`` picks some)
+and removes that name's entries of scores the run does not have; other names' entries stay.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ..runtime.files import write_json_atomic
+from ..scoring.scores import ALL_SCORES
+
+
+def eval_metric_entries(metrics: dict, name: str, scores: Optional[Sequence[str]] = None) -> dict:
+    """``{<name>_<score>_image_auc: auc}`` of a ``metrics.json`` content, AUCs rounded to 3 digits."""
+    chosen = list(scores) if scores else [s for s, entry in metrics.items() if isinstance(entry, dict) and "auc" in entry]
+    missing = [s for s in chosen if s not in metrics or "auc" not in metrics[s]]
+    if missing:
+        raise KeyError(f"metrics.json has no auc for {', '.join(missing)} (it has {', '.join(metrics)})")
+    return {f"{name}_{s}_image_auc": round(float(metrics[s]["auc"]), 3) for s in chosen}
+
+
+def publish_eval_metrics(metrics_file, metadata_file, name: str, scores: Optional[Sequence[str]] = None) -> dict:
+    """Replace ``name``'s entries of ``eval_metrics`` in ``metadata_file``; returns the new ``eval_metrics``."""
+    metrics_file, metadata_file = Path(metrics_file), Path(metadata_file)
+    if not metrics_file.is_file():
+        raise FileNotFoundError(f"{metrics_file} does not exist: run the 'evaluating' workflow first")
+    entries = eval_metric_entries(json.loads(metrics_file.read_text()), name, scores)
+    metadata = json.loads(metadata_file.read_text())
+    stale = {f"{name}_{s}_image_auc" for s in ALL_SCORES}
+    kept = {k: v for k, v in metadata.get("eval_metrics", {}).items() if k not in stale}
+    metadata["eval_metrics"] = dict(sorted({**kept, **entries}.items()))
+    write_json_atomic(metadata, metadata_file, indent=4)
+    return metadata["eval_metrics"]
