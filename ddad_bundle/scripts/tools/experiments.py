@@ -63,7 +63,8 @@ import numpy as np
 
 from ..runtime.files import write_csv_atomic, write_json_atomic, write_text_atomic
 from ..scoring.scores import ALL_SCORES
-from ..data.splits import build_split, load_split, prepared_split_file, save_split, unlabeled_abnormal_count
+from ..data.medad import dataset_split_file, read_any_split
+from ..data.splits import build_split, save_split, unlabeled_abnormal_count
 from ..data.readers import SUPPORTED_EXTENSIONS
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
@@ -182,9 +183,10 @@ def folder_pools(root) -> tuple[list[dict], list[dict], dict]:
 
 
 def prepared_pools(data_dir, dataset: str) -> tuple[list[dict], list[dict], dict]:
-    """Pools of a prepared data set (every labeled image of its split.json) and that split's sizes."""
-    path = prepared_split_file(data_dir, dataset)
-    split = load_split(path)
+    """Pools of a prepared data set or Med-AD folder (every labeled image its split file lists) and that
+    split's sizes (a reference data.json: all of its unlabeled lists)."""
+    path = dataset_split_file(data_dir, dataset)
+    split = read_any_split(path)
     unlabeled = split.unlabeled
     if any("label" not in e for e in unlabeled):
         raise ExperimentError(f"{path}: D_u entries without 'label': the experiments need labeled pools")
