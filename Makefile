@@ -9,29 +9,43 @@ MODALITY ?= cxr
 EPOCHS ?=
 DEPLOY ?=
 
-.PHONY: demo test test-fast lint bench env clean-runs
+.PHONY: demo test test-fast lint bench env dev-env deploy-env clean-runs
 
+# Three layers, each installed once (stamp files in the venv): `env` is what training,
+# evaluation, scoring and export need (the demo's environment); `dev-env` adds pytest and ruff;
+# `deploy-env` adds the MONAI Deploy extra (about 480 MB, CUDA-related wheels among them), which
+# only the deployment application and its tests use.
 env: $(VENV)/.installed
+dev-env: $(VENV)/.dev
+deploy-env: $(VENV)/.deploy
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,deploy]"
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $@
+
+$(VENV)/.deploy: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e ".[deploy]"
 	touch $@
 
 demo: env
 	$(PY) -m ddad_bundle demo --modality $(MODALITY) $(if $(EPOCHS),--epochs $(EPOCHS),)
 
 # Everything: unit tests and the end-to-end runs that train networks (marker `slow`).
-test: env
+test: dev-env deploy-env
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 tests
 
 # The unit tests alone (a minute or two): what to run while editing.
-test-fast: env
+test-fast: dev-env
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow" tests
 
 # Lint (rules in pyproject.toml); CI runs it before the tests.
-lint: env
+lint: dev-env
 	$(VENV)/bin/ruff check .
 
 # Training and inference speed on this machine: JSON + table into ddad_bundle/docs/performance.md.
