@@ -6,7 +6,7 @@ Commands::
     python -m ddad_bundle run evaluating [--key value ...]
     python -m ddad_bundle demo [--modality cxr|brain|fundus] [--epochs N] [--runs_dir runs/demo]
     python -m ddad_bundle score <folder or files> --out <folder> [--runs_dir runs/demo] [--key value ...]
-    python -m ddad_bundle fit [--config_file configs/datasets/folder.json] [--key value ...]
+    python -m ddad_bundle fit [--method ddad|salad] [--config_file configs/datasets/folder.json] [--key value ...]
     python -m ddad_bundle export [--runs_dir runs/demo] [--model_ts path/model.ts]
     python -m ddad_bundle experiment ar_sweep|backbones [--dataset phantom] [--seeds 0 1 2] [--out dir]
     python -m ddad_bundle publish_metrics <eval/metrics.json> --name demo_cxr_phantom [--scores A_inter R_dual]
@@ -37,6 +37,18 @@ WORKFLOW_CONFIGS = {
     "inferring": ["common.json", "inference.json"],
     "exporting": ["common.json", "inference.json", "export.json"],
 }
+# SALAD (the bundle's second method, docs/salad.md): the same workflow names on its own configs.
+SALAD_WORKFLOW_CONFIGS = {
+    "training": ["common.json", "salad_train.json"],
+    "evaluating": ["common.json", "salad_train.json", "salad_evaluate.json"],
+    "inferring": ["common.json", "salad_train.json", "salad_inference.json"],
+    "exporting": ["common.json", "salad_train.json", "salad_inference.json", "salad_export.json"],
+}
+METHOD_CONFIGS = {"ddad": WORKFLOW_CONFIGS, "salad": SALAD_WORKFLOW_CONFIGS}
+FIT_WORKFLOWS = {"ddad": ["training", "training_asr", "evaluating"], "salad": ["training", "evaluating"]}
+# SALAD's demo schedule (the paper: 50 pre-training epochs, then 10 rounds of 50): measured in docs/salad.md.
+DEMO_SALAD = {"image_size": 32, "salad_pretrain_epochs": 10, "salad_round_epochs": 4, "salad_neighbours": [2, 4, 6, 8, 10],
+              "salad_prototype_fractions": [0.2, 0.4, 0.6, 0.8, 1.0], "progress_bar": False, "save_every": 5}
 
 # The demo's shortened schedule, which fits a 2-core CPU in under 10 minutes (the paper: 250
 # epochs at batch 64 with a constant rate, and 100 ASR-Net epochs). Smaller batches give the
@@ -53,10 +65,13 @@ def ensure_bundle_on_path() -> None:
         sys.path.insert(0, str(BUNDLE_ROOT))
 
 
-def config_files_for(workflow: str, extra=None) -> list[str]:
-    if workflow not in WORKFLOW_CONFIGS:
-        raise SystemExit(f"unknown workflow {workflow!r}; choose one of {', '.join(WORKFLOW_CONFIGS)}")
-    files = [str(CONFIG_DIR / name) for name in WORKFLOW_CONFIGS[workflow]]
+def config_files_for(workflow: str, extra=None, method: str = "ddad") -> list[str]:
+    if method not in METHOD_CONFIGS:
+        raise SystemExit(f"unknown method {method!r}; choose one of {', '.join(METHOD_CONFIGS)}")
+    workflows = METHOD_CONFIGS[method]
+    if workflow not in workflows:
+        raise SystemExit(f"unknown {method} workflow {workflow!r}; choose one of {', '.join(workflows)}")
+    files = [str(CONFIG_DIR / name) for name in workflows[workflow]]
     return files + [str(Path(f).resolve()) for f in (extra or [])]
 
 
@@ -87,8 +102,8 @@ def parse_overrides(tokens: list[str]) -> dict:
     return overrides
 
 
-def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=None) -> None:
-    """Run one bundle workflow in this process, after checking the override keys."""
+def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=None, method: str = "ddad") -> None:
+    """Run one bundle workflow of ``method`` in this process, after checking the override keys."""
     ensure_bundle_on_path()
     from monai.bundle import run
 
@@ -96,7 +111,7 @@ def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=Non
     from scripts.data.cache import root_cause
 
     overrides = dict(overrides or {})
-    files = config_files_for(workflow, extra_configs)
+    files = config_files_for(workflow, extra_configs, method)
     # The configs' `initialize` step checks these overrides (config_guard.record_run) before any work.
     config_guard.set_invocation(files, overrides)
     try:
@@ -115,7 +130,7 @@ def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=Non
         config_guard.clear_invocation()
 
 
-def run_workflows(workflows: list[str], overrides: dict, extra_configs=None) -> None:
+def run_workflows(workflows: list[str], overrides: dict, extra_configs=None, method: str = "ddad") -> None:
     """Several workflows in turn with one set of overrides; each gets the keys its configs define.
 
     A key no workflow defines is refused before the first one starts.
@@ -123,16 +138,19 @@ def run_workflows(workflows: list[str], overrides: dict, extra_configs=None) -> 
     ensure_bundle_on_path()
     from scripts.runtime import config_guard
 
-    files = {w: config_files_for(w, extra_configs) for w in workflows}
+    files = {w: config_files_for(w, extra_configs, method) for w in workflows}
     union = list(dict.fromkeys(f for w in workflows for f in files[w]))
     config_guard.check_overrides(union, overrides)
     for workflow in workflows:
         known = config_guard.known_keys(files[workflow])
-        run_workflow(workflow, {k: v for k, v in overrides.items() if k.replace("::", "#") in known}, extra_configs)
+        run_workflow(workflow, {k: v for k, v in overrides.items() if k.replace("::", "#") in known}, extra_configs,
+                     method)
 
 
 def demo(args: argparse.Namespace) -> int:
     """Train both stages on generated phantoms with the demo schedule, then evaluate."""
+    if args.method == "salad":
+        return demo_salad(args)
     stage1 = dict(DEMO_STAGE1, modality=args.modality, runs_dir=os.path.abspath(args.runs_dir))
     if args.epochs is not None:
         stage1["epochs"] = args.epochs
@@ -148,6 +166,22 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_salad(args: argparse.Namespace) -> int:
+    """SALAD on generated phantoms with its shortened demo schedule, then the evaluation."""
+    settings = dict(DEMO_SALAD, modality=args.modality, runs_dir=os.path.abspath(args.runs_dir))
+    if args.epochs is not None:
+        settings["salad_pretrain_epochs"] = args.epochs
+    start = time.time()
+    run_workflows(FIT_WORKFLOWS["salad"], settings, method="salad")
+    print(f"demo finished in {time.time() - start:.0f} s")
+    return 0
+
+
+def _add_method(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", default="ddad", choices=sorted(METHOD_CONFIGS),
+                        help="ddad (default) or salad (docs/salad.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ddad_bundle", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -155,16 +189,21 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("workflow", choices=sorted(WORKFLOW_CONFIGS))
     run_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s) merged after the workflow's own (dataset configs...)")
-    commands.add_parser("export", help="write the trained pipeline as one TorchScript file (model.ts)")
+    _add_method(run_parser)
+    export_parser = commands.add_parser("export", help="write the trained pipeline as one TorchScript file (model.ts)")
+    _add_method(export_parser)
     # options are parsed by scripts.tools.experiments (its own --help), so this parser only names the command
     commands.add_parser("experiment", add_help=False,
                         help="the papers' experiments: ar_sweep (Fig. 5), backbones (Table 3); docs/experiments.md")
-    fit_parser = commands.add_parser("fit", help="training, training_asr and evaluating in turn")
+    fit_parser = commands.add_parser("fit", help="training, training_asr and evaluating in turn (SALAD: "
+                                                 "training and evaluating)")
     fit_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s), e.g. ddad_bundle/configs/datasets/folder.json")
+    _add_method(fit_parser)
     score_parser = commands.add_parser("score", help="score new images with a trained bundle")
     score_parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     score_parser.add_argument("--out", required=True, help="folder for maps, overlays, scores.csv, summary.json")
+    _add_method(score_parser)
     publish_parser = commands.add_parser("publish_metrics",
                                          help="copy a run's AUCs into metadata.json's eval_metrics")
     publish_parser.add_argument("metrics", help="an evaluation's eval/metrics.json")
@@ -178,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--rgb", action="store_true", help="fundus only: train on RGB images")
     demo_parser.add_argument("--asr_epochs", type=int, default=None)
     demo_parser.add_argument("--stage1_only", action="store_true", help="skip the ASR-Net (stage 2)")
+    _add_method(demo_parser)
     return parser
 
 
@@ -202,7 +242,7 @@ def dispatch(argv: list[str] | None = None) -> int:
     if args.command == "score":
         overrides = parse_overrides(rest)
         overrides.update(input_paths=[os.path.abspath(p) for p in args.inputs], inference_dir=os.path.abspath(args.out))
-        run_workflow("inferring", overrides)
+        run_workflow("inferring", overrides, method=args.method)
         return 0
     if args.command == "experiment":
         ensure_bundle_on_path()
@@ -217,12 +257,12 @@ def dispatch(argv: list[str] | None = None) -> int:
         print(f"eval_metrics of {args.metadata}: {published}")
         return 0
     if args.command == "export":
-        run_workflow("exporting", parse_overrides(rest))
+        run_workflow("exporting", parse_overrides(rest), method=args.method)
         return 0
     extra = [f for item in args.config_file for f in item.split(",")]
     overrides = parse_overrides(rest)
     if args.command == "fit":
-        run_workflows(["training", "training_asr", "evaluating"], overrides, extra)
+        run_workflows(FIT_WORKFLOWS[args.method], overrides, extra, args.method)
     else:
-        run_workflow(args.workflow, overrides, extra)
+        run_workflow(args.workflow, overrides, extra, args.method)
     return 0

@@ -60,11 +60,14 @@ class ScoreReport:
         print_table: print the AUC/AP table to stdout.
         selection_file: stage 2's ``asr_selection.json``; its validation AUCs are copied into the R
             scores' entries (``selection_val_auc``, ``selection_reliable``) and flagged in the table.
+        score_names: the scores to report, in order; default DDAD's (``ALL_SCORES``, those present).
+            SALAD's evaluation gives its own (``A_knn``, ``A_mse``).
     """
 
     def __init__(self, output_dir, n_boot: int = 1000, seed: int = 0, print_table: bool = True,
-                 panel_images: int = 6, figures: bool = True, selection_file=None):
+                 panel_images: int = 6, figures: bool = True, selection_file=None, score_names=None):
         self.output_dir = Path(output_dir)
+        self.score_names = list(score_names) if score_names else list(ALL_SCORES)
         self.selection_file = Path(selection_file) if selection_file else None
         self.panel_images = panel_images
         self.figures = figures
@@ -94,7 +97,8 @@ class ScoreReport:
             row = {"image": str(names[i]), "label": int(label)}
             row.update({k: float(v[i]) for k, v in scores.items()})
             self.rows.append(row)
-        self.member_scores.append(output["member_A_rec"].detach().float().cpu().numpy())
+        if output.get("member_A_rec") is not None:  # DDAD's NDM members; SALAD has one network
+            self.member_scores.append(output["member_A_rec"].detach().float().cpu().numpy())
         self.keep_samples(output, labels)
         if output.get("mask") is not None:
             self.pixels.setdefault("mask", []).append(output["mask"].detach().cpu().numpy().ravel() > 0.5)
@@ -115,7 +119,7 @@ class ScoreReport:
 
     def summarize(self, engine: Engine) -> dict:
         labels = np.array([r["label"] for r in self.rows])
-        names = [n for n in ALL_SCORES if n in self.rows[0]]
+        names = [n for n in self.score_names if n in self.rows[0]]
         metrics = {}
         for name in names:
             scores = np.array([r[name] for r in self.rows])
@@ -129,8 +133,9 @@ class ScoreReport:
                 entry["pixel_auroc"] = pixel
             metrics[name] = entry
         self.add_selection(metrics)
-        members = np.concatenate(self.member_scores, axis=1)
-        metrics["A_rec"]["auc_per_member"] = [float(roc_auc_score(labels, m)) for m in members]
+        if self.member_scores and "A_rec" in metrics:
+            members = np.concatenate(self.member_scores, axis=1)
+            metrics["A_rec"]["auc_per_member"] = [float(roc_auc_score(labels, m)) for m in members]
         return metrics
 
     def add_selection(self, metrics: dict) -> None:

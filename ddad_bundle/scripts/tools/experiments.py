@@ -80,6 +80,11 @@ BACKBONE_NAMES = {"ae": "AE", "memae": "MemAE", "aeu": "AE-U"}
 SWEEP_SCORES = ("A_rec", "A_intra", "A_inter", "R_intra", "R_dual")
 TABLE_SCORES = ALL_SCORES
 WORKFLOWS = ["training", "training_asr", "evaluating"]
+# SALAD (docs/salad.md) runs its own configs' training and evaluating; its scores.
+METHODS = ("ddad", "salad")
+SALAD_SCORES = ("A_knn", "A_mse")
+METHOD_SCORES = {"ddad": SWEEP_SCORES, "salad": SALAD_SCORES}
+SALAD_CONFIGS = ("common.json", "salad_train.json", "salad_evaluate.json")
 SIZE_KEYS = ("n_normal", "n_validation", "n_test_normal", "n_test_abnormal")
 # Data sets with paper-like sizes of their own; folder and prepared sets derive theirs from the data.
 DEFAULT_SIZES = {
@@ -329,11 +334,13 @@ class Cell:
     folder: Path
     settings: dict
     config: Path | None
+    method: str = "ddad"
 
     @property
     def metrics_file(self) -> Path:
         s = self.settings
-        return self.folder / f"{s['modality']}_{s['dataset']}_{s['backbone']}" / "eval" / "metrics.json"
+        model = s["backbone"] if self.method == "ddad" else "salad"
+        return self.folder / f"{s['modality']}_{s['dataset']}_{model}" / "eval" / "metrics.json"
 
 
 def _load_json(path: Path):
@@ -346,15 +353,18 @@ def run_cell(cell: Cell) -> tuple[dict, bool]:
     """The cell's metrics and whether they were computed now (False: found from an earlier run)."""
     record = cell.folder / "cell.json"
     wanted = {"settings": cell.settings, "config": str(cell.config) if cell.config else None}
+    if cell.method != "ddad":
+        wanted["method"] = cell.method
     if record.is_file() and _load_json(record) != wanted:
         raise ExperimentError(f"{cell.folder} was run with other settings ({record}); give another --out or "
                               "remove that folder: one table never mixes two protocols")
     if cell.metrics_file.is_file():
         return _load_json(cell.metrics_file), False
-    from ddad_bundle.cli import run_workflows
+    from ddad_bundle.cli import FIT_WORKFLOWS, run_workflows
 
     write_json_atomic(wanted, record)
-    run_workflows(WORKFLOWS, dict(cell.settings), [str(cell.config)] if cell.config else [])
+    run_workflows(FIT_WORKFLOWS[cell.method], dict(cell.settings), [str(cell.config)] if cell.config else [],
+                  method=cell.method)
     return _load_json(cell.metrics_file), True
 
 
@@ -366,8 +376,8 @@ def _run_all(cells: list[Cell], log) -> list[dict]:
         log(f"[{i}/{len(cells)}] {cell.name}: " + (f"done in {time.time() - start:.0f} s" if ran else
                                                     "finished earlier, not rerun"))
         results.append({"cell": cell.name, "ran": ran, "seconds": round(time.time() - start) if ran else None,
-                        "seed": cell.settings["seed"],
-                        "backbone": cell.settings["backbone"],
+                        "seed": cell.settings["seed"], "method": cell.method,
+                        "backbone": cell.settings.get("backbone") if cell.method == "ddad" else "salad",
                         "auc": {name: m["auc"] for name, m in metrics.items()}})
     return results
 
@@ -421,6 +431,24 @@ class Schedule:
     asr_epochs: int | None = None
     overrides: dict = field(default_factory=dict)
     figures: bool = True
+    salad: dict = field(default_factory=dict)  # SALAD's schedule keys (salad_pretrain_epochs, ...)
+
+    def settings_for(self, method: str) -> dict:
+        """A cell's settings: DDAD's as ``settings()``; SALAD's schedule, figures and the shared overrides
+        its configs define (stage-1/2 epochs are DDAD's keys and do not apply)."""
+        if method == "ddad":
+            return self.settings()
+        from ..runtime.config_guard import known_keys
+
+        known = known_keys([str(BUNDLE_ROOT / "configs" / f) for f in SALAD_CONFIGS])
+        s = {k: v for k, v in self.overrides.items() if k.replace("::", "#") in known}
+        s.update(self.salad, progress_bar=False)
+        if not self.figures:
+            s.update(figures_off_override("salad_evaluate.json"))
+        return s
+
+    def describe_salad(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.salad.items())) or "salad_train.json's schedule"
 
     def settings(self) -> dict:
         s = dict(self.overrides, progress_bar=False)
@@ -439,22 +467,22 @@ class Schedule:
         return ", ".join(parts) + (f"; seeds {' '.join(map(str, self.seeds))}" if seeds else "")
 
 
-def figures_off_override() -> dict:
+def figures_off_override(config: str = "evaluate.json") -> dict:
     """The override that skips a cell's evaluation figures: evaluate.json's ScoreReport with figures=False.
 
     Read from the config when used, so every other argument of the handler stays the config's.
     """
-    config = _load_json(BUNDLE_ROOT / "configs" / "evaluate.json")
-    for i, handler in enumerate(config["evaluator"]["handlers"]):
+    content = _load_json(BUNDLE_ROOT / "configs" / config)
+    for i, handler in enumerate(content["evaluator"]["handlers"]):
         if str(handler.get("_target_", "")).endswith("ScoreReport"):
             return {f"evaluator#handlers#{i}": dict(handler, figures=False)}
-    raise ExperimentError("configs/evaluate.json: no ScoreReport handler under evaluator#handlers")
+    raise ExperimentError(f"configs/{config}: no ScoreReport handler under evaluator#handlers")
 
 
-def _cell(out: Path, name: str, source: Source, schedule: Schedule, **settings) -> Cell:
+def _cell(out: Path, name: str, source: Source, schedule: Schedule, method: str = "ddad", **settings) -> Cell:
     folder = out / "cells" / name
-    return Cell(name, folder, {**schedule.settings(), **source.settings, **settings, "runs_dir": str(folder)},
-                source.config)
+    return Cell(name, folder, {**schedule.settings_for(method), **source.settings, **settings, "runs_dir": str(folder)},
+                source.config, method)
 
 
 def _check_rates(ars) -> list[float]:
@@ -463,6 +491,11 @@ def _check_rates(ars) -> list[float]:
         if not 0.0 <= ar <= 1.0:
             raise ExperimentError(f"anomaly rates must lie in [0, 1], got {ar!r}")
     return ars
+
+
+def _check_method(method: str) -> None:
+    if method not in METHODS:
+        raise ExperimentError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
 
 
 def _check_backbones(backbones) -> None:
@@ -481,47 +514,56 @@ def _aggregated(values: dict[str, list]) -> dict:
 
 
 def ar_sweep(source: Source, out, schedule: Schedule, backbone: str = "ae", ars=AR_STEPS,
-             n_unlabeled: int | None = None, split_seed: int = 0, log=print) -> dict:
-    """Run (or resume) the AR sweep; writes ar_sweep.csv/.md/.png and ar_sweep_runs.csv; returns the table."""
+             n_unlabeled: int | None = None, split_seed: int = 0, log=print, method: str = "ddad") -> dict:
+    """Run (or resume) the AR sweep; writes ar_sweep.csv/.md/.png and ar_sweep_runs.csv; returns the table.
+
+    ``method`` 'salad' sweeps SALAD (its scores A_knn, A_mse; the paper's Table 1 rows at 0-15%)."""
     out, ars = Path(out).resolve(), _check_rates(ars)
+    _check_method(method)
     _check_backbones([backbone])
+    scores = METHOD_SCORES[method]
+    model = backbone if method == "ddad" else "salad"
+    model_settings = {"backbone": backbone} if method == "ddad" else {}
     size = sweep_size(source, ars, split_seed, n_unlabeled)
     u = size["n_unlabeled"]
     splits = sweep_splits(source, ars, u, split_seed, out / "splits")
     plan = [(ar, seed) for ar in ars for seed in schedule.seeds]
-    cells = [_cell(out, f"ar{round(100 * ar):03d}_{backbone}_seed{seed}", source, schedule, backbone=backbone,
+    cells = [_cell(out, f"ar{round(100 * ar):03d}_{model}_seed{seed}", source, schedule, method, **model_settings,
                    seed=seed, split_file=str(splits[ar])) for ar, seed in plan]
     results = _run_all(cells, log)
     for r, (ar, _) in zip(results, plan):
         r["anomaly_rate"] = ar
-    values = {ar: {score: [r["auc"].get(score) for r in results if r["anomaly_rate"] == ar] for score in SWEEP_SCORES}
+    values = {ar: {score: [r["auc"].get(score) for r in results if r["anomaly_rate"] == ar] for score in scores}
               for ar in ars}
     rows = [{"anomaly_rate": ar, "n_unlabeled": u, "n_unlabeled_abnormal": round(ar * u),
              "n_seeds": len(schedule.seeds), **_aggregated(values[ar])} for ar in ars]
-    name = BACKBONE_NAMES[backbone]
-    header = _sweep_header(source, name, size, n_unlabeled is not None, split_seed, schedule)
-    table = _markdown(["AR", "\\|D_u\\| (abnormal)"] + list(SWEEP_SCORES),
+    name = BACKBONE_NAMES[backbone] if method == "ddad" else "SALAD"
+    header = _sweep_header(source, name, size, n_unlabeled is not None, split_seed, schedule, method)
+    table = _markdown(["AR", "\\|D_u\\| (abnormal)"] + list(scores),
                       [[f"{r['anomaly_rate']:.0%}", f"{u} ({r['n_unlabeled_abnormal']})"]
-                       + [format_entry(values[r["anomaly_rate"]][score]) for score in SWEEP_SCORES] for r in rows])
+                       + [format_entry(values[r["anomaly_rate"]][score]) for score in scores] for r in rows])
     write_csv_atomic(rows, out / "ar_sweep.csv")
     write_text_atomic(out / "ar_sweep.md", header + "\n\n" + table + "\n")
     _write_runs(results, out / "ar_sweep_runs.csv", "anomaly_rate")
-    plot_sweep(rows, out / "ar_sweep.png", f"{source.name}, {name}, |D_u| = {u}")
+    plot_sweep(rows, out / "ar_sweep.png", f"{source.name}, {name}, |D_u| = {u}", scores)
     log(table)
     return {"rows": rows, "n_unlabeled": u, "results": results, "header": header}
 
 
 def _sweep_header(source: Source, backbone: str, size: dict, requested: bool, split_seed: int,
-                  schedule: Schedule) -> str:
+                  schedule: Schedule, method: str = "ddad") -> str:
     s = source.sizes
     why = "requested" if requested else "the largest feasible at every AR"
-    return (f"AR sweep, {source.description}, backbone {backbone}: |D_u| = {size['n_unlabeled']} at every AR "
+    model = f"backbone {backbone}" if method == "ddad" else "method SALAD"
+    plan = (schedule.describe() if method == "ddad" else
+            f"{schedule.describe_salad()}; seeds {' '.join(map(str, schedule.seeds))}")
+    return (f"AR sweep, {source.description}, {model}: |D_u| = {size['n_unlabeled']} at every AR "
             f"({why}: {size['explanation']}); D_n {s['n_normal']}, validation {s['n_validation']}, test "
-            f"{s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}; {schedule.describe()}. "
+            f"{s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}; {plan}. "
             "Test AUC" + (", mean ± std over seeds." if len(schedule.seeds) > 1 else "."))
 
 
-def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
+def plot_sweep(rows: list[dict], path: Path, title: str, scores=SWEEP_SCORES) -> Path:
     """AUC against AR (%), one line per score, error bars = std over seeds where there are several."""
     import matplotlib
 
@@ -530,7 +572,7 @@ def plot_sweep(rows: list[dict], path: Path, title: str) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     x = [100 * r["anomaly_rate"] for r in rows]
-    for score in SWEEP_SCORES:
+    for score in scores:
         y = [r[score] if r[score] != "" else np.nan for r in rows]
         err = [r[f"{score}_std"] if r[f"{score}_std"] != "" else 0.0 for r in rows]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=score)
@@ -578,6 +620,70 @@ def backbone_table(source: Source, out, schedule: Schedule, backbones=BACKBONES,
     return {"rows": rows, "results": results, "header": header, "split_file": split_file}
 
 
+def _baseline_configs(source: Source) -> list[str]:
+    files = [str(BUNDLE_ROOT / "configs" / "common.json")]
+    return files + ([str(source.config)] if source.config else [])
+
+
+def compare(source: Source, out, schedule: Schedule, methods=METHODS, backbone: str = "ae",
+            anomaly_rate: float = 0.6, split_seed: int = 0, log=print) -> dict:
+    """DDAD and SALAD on one split, beside the trivial baselines on the same test images.
+
+    One split (drawn from the pools at ``anomaly_rate``, or the data set's own); per seed one DDAD
+    cell (``backbone``) and one SALAD cell. Writes ``compare.csv`` (one row per method and score,
+    and per baseline: AUC mean, std, seeds), ``compare.md`` and ``compare_runs.csv``; returns them.
+    """
+    from .baselines import trivial_baselines
+
+    out = Path(out).resolve()
+    for method in methods:
+        _check_method(method)
+    _check_backbones([backbone])
+    split_file = backbone_split(source, anomaly_rate, split_seed, out / "splits")
+    extra = {"split_file": str(split_file)} if split_file else {}
+    cells = []
+    for seed in schedule.seeds:
+        if "ddad" in methods:
+            cells.append(_cell(out, f"ddad_{backbone}_seed{seed}", source, schedule, backbone=backbone, seed=seed,
+                               **extra))
+        if "salad" in methods:
+            cells.append(_cell(out, f"salad_seed{seed}", source, schedule, "salad", seed=seed, **extra))
+    results = _run_all(cells, log)
+    names = {"ddad": f"DDAD ({BACKBONE_NAMES[backbone]})", "salad": "SALAD"}
+    scores = {"ddad": TABLE_SCORES, "salad": SALAD_SCORES}
+    rows, table = [], []
+    for method in methods:
+        for score in scores[method]:
+            values = [r["auc"].get(score) for r in results if r["method"] == method]
+            mean, std = aggregate(values)
+            rows.append({"method": names[method], "score": score, "auc": _csv_number(mean), "auc_std": _csv_number(std),
+                         "n_seeds": sum(v is not None for v in values)})
+            table.append([names[method], score, format_entry(values), str(rows[-1]["n_seeds"])])
+    base = trivial_baselines(_baseline_configs(source), {**source.settings, **schedule.settings(), **extra,
+                                                         "runs_dir": str(out / "cells" / "baselines")})
+    for name, auc in base.items():
+        rows.append({"method": "baseline", "score": name, "auc": _csv_number(auc), "auc_std": "", "n_seeds": ""})
+        table.append(["trivial baseline", name, f"{auc:.3f}", "-"])
+    s = source.sizes
+    data = (f"the data set's own split (configs/datasets/{source.name}.json)" if split_file is None else
+            f"D_n {s['n_normal']}, validation {s['n_validation']}, |D_u| = {s.get('n_unlabeled')} at AR "
+            f"{anomaly_rate:.0%}, test {s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}")
+    plan = []
+    if "ddad" in methods:
+        plan.append(f"DDAD: {schedule.describe(seeds=False)}")
+    if "salad" in methods:
+        plan.append(f"SALAD: {schedule.describe_salad()}")
+    header = (f"Method comparison, {source.description}: {data}; {'; '.join(plan)}; seeds "
+              f"{' '.join(map(str, schedule.seeds))}. Test AUC (mean ± std over seeds); the baselines are image "
+              "statistics of the same preprocessed test images (scripts/tools/baselines.py).")
+    markdown = header + "\n\n" + _markdown(["method", "score", "test AUC", "seeds"], table) + "\n"
+    write_csv_atomic(rows, out / "compare.csv")
+    write_text_atomic(out / "compare.md", markdown)
+    _write_runs(results, out / "compare_runs.csv", "method")
+    log(markdown)
+    return {"rows": rows, "results": results, "baselines": base, "header": header, "split_file": split_file}
+
+
 # ----------------------------------------------------------------------------------------------
 # command line
 
@@ -586,7 +692,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ddad_bundle experiment", description=__doc__.split("\n\n")[0],
                                 epilog="Further --key value pairs are bundle config overrides for every cell "
                                        "(e.g. --batch_size 16 --lr_schedule cosine --image_size 32).")
-    p.add_argument("experiment", choices=["ar_sweep", "backbones"])
+    p.add_argument("experiment", choices=["ar_sweep", "backbones", "compare"])
     p.add_argument("--dataset", default="phantom", choices=DATASETS)
     p.add_argument("--data_dir", default=None, help="folder tree, prepared --out folder, or the Kermany folder")
     p.add_argument("--modality", default=None, choices=["cxr", "brain", "fundus"], help="default: the data set's")
@@ -595,10 +701,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="stage-1 epochs (default: the config's, 250)")
     p.add_argument("--asr_epochs", type=int, default=None, help="stage-2 epochs (default: the config's, 100)")
     p.add_argument("--out", default=None, help="default: runs/experiments/<experiment>_<dataset>")
-    p.add_argument("--backbone", default="ae", choices=BACKBONES, help="ar_sweep: the backbone")
+    p.add_argument("--backbone", default="ae", choices=BACKBONES, help="ar_sweep, compare: DDAD's backbone")
+    p.add_argument("--method", default="ddad", choices=METHODS, help="ar_sweep: the method (salad: docs/salad.md)")
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="compare: the methods")
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES, help="backbones: columns")
     p.add_argument("--ars", type=float, nargs="+", default=list(AR_STEPS), help="ar_sweep: the anomaly rates")
-    p.add_argument("--anomaly_rate", type=float, default=0.6, help="backbones: AR of D_u (pool-drawn splits)")
+    p.add_argument("--anomaly_rate", type=float, default=0.6,
+                   help="backbones, compare: AR of D_u (pool-drawn splits)")
     p.add_argument("--n_unlabeled", type=int, default=None,
                    help="|D_u| (ar_sweep default: the largest feasible at every AR)")
     for key in SIZE_KEYS:
@@ -617,9 +726,15 @@ def main(argv: list[str]) -> int:
     out = Path(args.out or Path("runs") / "experiments" / f"{args.experiment}_{args.dataset}")
     sizes = {k: getattr(args, k) for k in SIZE_KEYS + ("n_unlabeled",)}
     source = prepare(args.dataset, out, args.data_dir, args.modality, args.split_seed, sizes, args.phantom_size)
-    schedule = Schedule(args.seeds, args.epochs, args.asr_epochs, parse_overrides(rest), not args.no_figures)
+    overrides = parse_overrides(rest)
+    # salad_* keys are SALAD's schedule (docs/salad.md); the others go to every cell whose configs define them
+    salad = {k: overrides.pop(k) for k in list(overrides) if k.startswith("salad_")}
+    schedule = Schedule(args.seeds, args.epochs, args.asr_epochs, overrides, not args.no_figures, salad)
     if args.experiment == "ar_sweep":
-        ar_sweep(source, out, schedule, args.backbone, args.ars, args.n_unlabeled, args.split_seed)
+        ar_sweep(source, out, schedule, args.backbone, args.ars, args.n_unlabeled, args.split_seed,
+                 method=args.method)
+    elif args.experiment == "compare":
+        compare(source, out, schedule, args.methods, args.backbone, args.anomaly_rate, args.split_seed)
     else:
         backbone_table(source, out, schedule, args.backbones, anomaly_rate=args.anomaly_rate,
                        split_seed=args.split_seed)
