@@ -45,7 +45,6 @@ def overrides(runs, **extra):
 
 def _pipeline(run) -> SaladPipeline:
     net = lambda: SALADNet(1, 32)  # noqa: E731
-    threshold = json.loads((run / "models" / "threshold.json").read_text())
     return load_pipeline(net, run / "models", k=20)
 
 
