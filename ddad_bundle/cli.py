@@ -1,4 +1,4 @@
-"""``python -m ddad_bundle``: the bundle's workflows as plain commands.
+"""``ddad`` (alias ``python -m ddad_bundle``): the bundle's workflows as plain commands.
 
 Commands::
 
@@ -182,40 +182,92 @@ def _add_method(parser: argparse.ArgumentParser) -> None:
                         help="ddad (default) or salad (docs/salad.md)")
 
 
+# Commands that take config keys (--key value); their --help lists those keys with the defaults of
+# the config files the command merges (scripts.runtime.config_help).
+KEYED_COMMANDS = {"fit": None, "score": ["inferring"], "export": ["exporting"]}  # fit: FIT_WORKFLOWS[method]
+HELP_FLAGS = {"-h", "--help"}
+KEYS_EPILOG = ("Any config key is an option too; --help lists them with their defaults (with --config_file FILE "
+               "or --method salad before --help: those configs' keys).")
+
+
+def _option(argv: list[str], name: str) -> list[str]:
+    """Values of ``--name value`` / ``--name=value`` in argv (comma lists split)."""
+    values = [argv[i + 1] for i, token in enumerate(argv[:-1]) if token == f"--{name}"]
+    values += [token.split("=", 1)[1] for token in argv if token.startswith(f"--{name}=")]
+    return [v for value in values for v in value.split(",")]
+
+
+def keys_help(command: str, argv: list[str]) -> str:
+    """The config keys of ``command`` (``run <workflow>``: that workflow's) for the files and method in argv."""
+    ensure_bundle_on_path()
+    from scripts.runtime.config_help import settings_help
+
+    method = (_option(argv, "method") or ["ddad"])[-1]
+    workflows = [argv[1]] if command == "run" else KEYED_COMMANDS[command] or FIT_WORKFLOWS.get(method, [])
+    extra = _option(argv, "config_file")
+    files = list(dict.fromkeys(f for w in workflows for f in config_files_for(w, extra, method)))
+    return settings_help(files)
+
+
+def command_help(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
+    """Print a keyed command's help with its config keys; False when argv asks for no such help."""
+    if not argv or not HELP_FLAGS & set(argv):
+        return False
+    command = argv[0]
+    if command not in KEYED_COMMANDS and not (command == "run" and len(argv) > 1 and argv[1] in WORKFLOW_CONFIGS):
+        return False
+    print(parser.command_parsers[command].format_help())
+    print(keys_help(command, argv))
+    return True
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m ddad_bundle", description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run_parser = commands.add_parser("run", help="run a bundle workflow: " + ", ".join(WORKFLOW_CONFIGS))
+    parser = argparse.ArgumentParser(
+        prog="ddad", description="DDAD anomaly detection bundle: the workflows as plain commands "
+        "(`python -m ddad_bundle` is the same command). `ddad <command> --help` lists a command's options "
+        "and config keys with their defaults.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    parser.command_parsers = {}
+
+    def add(name, **kwargs):
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        parser.command_parsers[name] = commands.add_parser(name, **kwargs)
+        return parser.command_parsers[name]
+
+    run_parser = add("run", help="run one bundle workflow: " + ", ".join(WORKFLOW_CONFIGS),
+                     epilog="`ddad run <workflow> --help` lists that workflow's config keys with their defaults.")
     run_parser.add_argument("workflow", choices=sorted(WORKFLOW_CONFIGS))
     run_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s) merged after the workflow's own (dataset configs...)")
     _add_method(run_parser)
-    export_parser = commands.add_parser("export", help="write the trained pipeline as one TorchScript file (model.ts)")
+    export_parser = add("export", help="write the trained pipeline as one TorchScript file (model.ts)",
+                        epilog=KEYS_EPILOG)
     _add_method(export_parser)
     # options are parsed by scripts.tools.experiments (its own --help), so this parser only names the command
-    commands.add_parser("experiment", add_help=False,
-                        help="the papers' experiments: ar_sweep (Fig. 5), backbones (Table 3); docs/experiments.md")
-    fit_parser = commands.add_parser("fit", help="training, training_asr and evaluating in turn (SALAD: "
-                                                 "training and evaluating)")
+    add("experiment", add_help=False,
+        help="the papers' experiments: ar_sweep (Fig. 5), backbones (Table 3); docs/experiments.md")
+    fit_parser = add("fit", help="training, training_asr and evaluating in turn (SALAD: training and evaluating)",
+                     epilog=KEYS_EPILOG)
     fit_parser.add_argument("--config_file", action="append", default=[],
                             help="extra config file(s), e.g. ddad_bundle/configs/datasets/folder.json")
     _add_method(fit_parser)
-    score_parser = commands.add_parser("score", help="score new images with a trained bundle")
+    score_parser = add("score", help="score new images with a trained bundle", epilog=KEYS_EPILOG)
     score_parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
     score_parser.add_argument("--out", required=True, help="folder for maps, overlays, scores.csv, summary.json")
     _add_method(score_parser)
-    publish_parser = commands.add_parser("publish_metrics",
-                                         help="copy a run's AUCs into metadata.json's eval_metrics")
+    publish_parser = add("publish_metrics", help="copy a run's AUCs into metadata.json's eval_metrics")
     publish_parser.add_argument("metrics", help="an evaluation's eval/metrics.json")
     publish_parser.add_argument("--name", required=True, help="entry prefix, e.g. demo_cxr_phantom")
     publish_parser.add_argument("--scores", nargs="+", default=None, help="scores to publish (default: all)")
     publish_parser.add_argument("--metadata", default=str(CONFIG_DIR / "metadata.json"))
-    demo_parser = commands.add_parser("demo", help="train and evaluate on generated phantoms")
-    demo_parser.add_argument("--modality", default="cxr", choices=["cxr", "brain", "fundus"])
-    demo_parser.add_argument("--epochs", type=int, default=None)
-    demo_parser.add_argument("--runs_dir", default="runs/demo")
+    demo_parser = add("demo", help="train and evaluate on generated phantoms with the demo schedule")
+    demo_parser.add_argument("--modality", default="cxr", choices=["cxr", "brain", "fundus"], help="phantom kind")
+    demo_parser.add_argument("--epochs", type=int, default=None,
+                             help=f"stage-1 epochs (None: the demo schedule's {DEMO_STAGE1['epochs']})")
+    demo_parser.add_argument("--runs_dir", default="runs/demo", help="where the run folder goes")
     demo_parser.add_argument("--rgb", action="store_true", help="fundus only: train on RGB images")
-    demo_parser.add_argument("--asr_epochs", type=int, default=None)
+    demo_parser.add_argument("--asr_epochs", type=int, default=None,
+                             help=f"ASR-Net epochs (None: the demo schedule's {DEMO_ASR_EPOCHS})")
     demo_parser.add_argument("--stage1_only", action="store_true", help="skip the ASR-Net (stage 2)")
     _add_method(demo_parser)
     return parser
@@ -234,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
 def dispatch(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    if command_help(parser, argv):
+        return 0
     args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
         if rest:

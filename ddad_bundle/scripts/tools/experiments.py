@@ -689,7 +689,7 @@ def compare(source: Source, out, schedule: Schedule, methods=METHODS, backbone: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ddad_bundle experiment", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="ddad experiment", description=__doc__.split("\n\n")[0],
                                 epilog="Further --key value pairs are bundle config overrides for every cell "
                                        "(e.g. --batch_size 16 --lr_schedule cosine --image_size 32).")
     p.add_argument("experiment", choices=["ar_sweep", "backbones", "compare"])
