@@ -76,3 +76,8 @@ def test_the_installed_command_and_the_module_alias_agree():
                            timeout=300, cwd=REPO_ROOT)
     assert plain.returncode == alias.returncode == 0 and plain.stdout == alias.stdout
     assert all(name in plain.stdout for name in SUBCOMMANDS)
+
+
+def test_fit_help_follows_the_method(capsys):
+    salad = help_text(capsys, "fit", "--method", "salad", "--help")
+    assert "salad_train.json" in salad and "salad_pretrain_epochs" in salad and "asr_epochs" not in salad
