@@ -193,3 +193,17 @@ def test_the_official_brain_tumor_split_gives_the_papers_d_u(tmp_path):
     assert split.counts()["unlabeled"] == 1000 and split.anomaly_rate() == pytest.approx(0.6)
     assert (split.counts()["test_normal"], split.counts()["test_abnormal"]) == (600, 600)
     assert len(split.normal) + len(split.validation) == 1000
+
+
+def test_split_file_key_takes_a_reference_file_with_the_image_dir_key(tmp_path):
+    """--split_file data.json --image_dir DIR on the common config, without a dataset config."""
+    folder, _ = make_medad(tmp_path, name="LAG")
+    moved = tmp_path / "pictures"
+    shutil.move(str(folder / "images"), moved)
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train.json")])
+    parser.update({"split_file": str(folder / "data.json"), "image_dir": str(moved), "runs_dir": str(tmp_path / "r"),
+                   "modality": "fundus", "dataset": "lag"})
+    split = parser.get_parsed_content("split")
+    assert split.counts()["unlabeled"] == 14 and split.anomaly_rate() == pytest.approx(8 / 14)  # whole lists
+    assert all(e["image"].startswith(str(moved)) for e in split.normal + split.test)
