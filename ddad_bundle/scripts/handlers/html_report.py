@@ -126,7 +126,8 @@ class HtmlReport:
         labels = output["label"].detach().cpu().numpy().astype(int)
         images = output["image"].detach().float().cpu().numpy()
         names = output.get("filename") or [""] * len(labels)
-        maps = output["maps"][self.gallery_score].detach().float().cpu().numpy()
+        maps = output.get("maps", {}).get(self.gallery_score)
+        maps = None if maps is None else maps.detach().float().cpu().numpy()
         for name, values in scores.items():
             self.scores.setdefault(name, []).extend(values.tolist())
         self.labels.extend(labels.tolist())
@@ -135,7 +136,7 @@ class HtmlReport:
         self.baselines["intensity std"].extend(flat.std(1).tolist())
         if self.mean_normal is not None:
             self.baselines["L2 to mean normal"].extend(np.linalg.norm(flat - self.mean_normal.reshape(1, -1), axis=1).tolist())
-        for i, label in enumerate(labels):
+        for i, label in enumerate(labels if maps is not None else []):  # a score without maps has no gallery
             s = float(scores[self.gallery_score][i])
             item = (str(names[i]), label, s, images[i].mean(0), maps[i, 0])
             for heap_name, key in (("normal_high", s if label == 0 else None), ("abnormal_low", -s if label == 1 else None),
@@ -239,6 +240,8 @@ class HtmlReport:
                  "the score's map overlaid (one colour scale for all tiles).</p>"]
         picked = {name: [e[2] for e in sorted(self.heaps[name], reverse=True)] for name, _ in GALLERIES}
         tiles = [t[4] for items in picked.values() for t in items]
+        if not tiles:
+            return section("Galleries", f"<p>The model gives no map for {html.escape(self.gallery_score)}: no gallery.</p>")
         vmax = max(float(np.percentile(np.stack(tiles), 99.5)), 1e-12) if tiles else 1.0
         for name, caption in GALLERIES:
             if picked[name]:
