@@ -41,7 +41,9 @@ def test_cxr_phantoms_end_to_end(cxr_run):
     selection = json.loads((output_dir / "models" / "asr_selection.json").read_text())
     assert set(selection["refiners"]) == {"dual", "intra"}
     threshold = json.loads((output_dir / "models" / "threshold.json").read_text())
-    assert threshold["score"] == "R_dual" and threshold["specificity"] == 0.95
+    # deploy_score auto: R_dual only where stage 2 marked its refiner reliable, else A_inter
+    expected = "R_dual" if selection["refiners"]["dual"]["reliable"] else "A_inter"
+    assert threshold["score"] == expected and threshold["specificity"] == 0.95
 
 
 @pytest.mark.slow
@@ -56,4 +58,6 @@ def test_without_unlabeled_images_only_one_class_scores_and_r_intra(tmp_path):
     metrics = json.loads((output_dir / "eval" / "metrics.json").read_text())
     assert list(metrics) == ["A_rec", "A_rec_ensemble", "A_intra", "R_intra"]
     assert not list((output_dir / "models").glob("udm_*"))
-    assert json.loads((output_dir / "models" / "threshold.json").read_text())["score"] == "R_intra"
+    selection = json.loads((output_dir / "models" / "asr_selection.json").read_text())
+    expected = "R_intra" if selection["refiners"]["intra"]["reliable"] else "A_rec_ensemble"
+    assert json.loads((output_dir / "models" / "threshold.json").read_text())["score"] == expected

@@ -64,7 +64,7 @@ def test_every_readable_file_is_scored_and_the_corrupt_one_reported(scored):
     assert summary["n_scored"] == 5 and summary["n_errors"] == 1
     for row in by_name.values():
         if row["status"] == "ok":
-            assert row["score_name"] == "R_dual"
+            assert row["score_name"] == summary["score_name"] and summary["score_reason"]
             assert row["label"] == ("abnormal" if row["score"] > row["threshold"] else "normal")
             assert (out / row["map_file"]).is_file() and (out / row["overlay_file"]).is_file()
     csv_rows = (out / "scores.csv").read_text().splitlines()
@@ -78,7 +78,7 @@ def test_maps_have_the_input_resolution(scored):
         image = load_image(str(inputs / source))
         anomaly_map = nib.load(str(out / f"{stem}_map.nii.gz")).get_fdata()
         assert to_nifti_orientation(anomaly_map).shape == tuple(image.shape[1:])
-        assert np.all((anomaly_map >= 0) & (anomaly_map <= 1))
+        assert np.all(anomaly_map >= 0) and np.isfinite(anomaly_map).all()
         overlay = Image.open(out / f"{stem}_overlay.png")
         assert overlay.size == (image.shape[2], image.shape[1]) and overlay.mode == "RGB"
 
@@ -143,3 +143,47 @@ def test_another_score_can_be_deployed_with_its_own_validation_threshold(cxr_run
     assert summary["files"][0]["score"] == pytest.approx(float(evaluated["A_inter"]), rel=1e-4, abs=1e-6)
     assert cli_main(args + ["--deploy_score", "A_total"]) == 2
     assert "deploy_score 'A_total'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_auto_deploys_r_dual_only_where_its_refiner_is_reliable(cxr_run, tmp_path, caplog):
+    """deploy_score auto (the default of score and export): a refiner marked unreliable in
+    asr_selection.json is replaced by A_inter with A_inter's own validation threshold."""
+    import shutil
+
+    import torch
+
+    runs_dir, output_dir = cxr_run
+    copy = tmp_path / "runs"
+    shutil.copytree(output_dir, copy / output_dir.name,
+                    ignore=shutil.ignore_patterns("*checkpoint*", "eval", "tensorboard", "inference"))
+    models = copy / output_dir.name / "models"
+    thresholds = json.loads((models / "threshold.json").read_text())["thresholds"]
+    data = runs_dir / "data" / "cxr_phantom"
+    entry = next(e for e in json.loads((data / "split.json").read_text())["test"] if e["label"] == 1)
+    for reliable, expected in ((False, "A_inter"), (True, "R_dual")):
+        record = json.loads((models / "asr_selection.json").read_text())
+        record["refiners"]["dual"]["reliable"] = reliable
+        (models / "asr_selection.json").write_text(json.dumps(record))
+        out = tmp_path / f"scored_{reliable}"
+        assert cli_main(["score", str(data / entry["image"]), "--out", str(out), "--runs_dir", str(copy),
+                         "--image_size", "32"]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["score_name"] == expected, summary["score_reason"]
+        assert summary["threshold"] == pytest.approx(thresholds[expected])
+        model_ts = tmp_path / f"model_{reliable}.ts"
+        assert cli_main(["export", "--runs_dir", str(copy), "--image_size", "32", "--model_ts", str(model_ts)]) == 0
+        extra = {"metadata.json": "", "inference.json": ""}
+        torch.jit.load(str(model_ts), _extra_files=extra)
+        inference, metadata = json.loads(extra["inference.json"]), json.loads(extra["metadata.json"])
+        assert inference["deploy_score"] == metadata["ddad"]["score"] == expected
+        assert inference["decision_threshold"] == pytest.approx(thresholds[expected])
+        assert ("not reliable" in metadata["ddad"]["reason"]) == (not reliable)
+    # asked for explicitly, an unreliable refiner is deployed as asked, with a warning
+    record["refiners"]["dual"]["reliable"] = False
+    (models / "asr_selection.json").write_text(json.dumps(record))
+    with caplog.at_level("WARNING", logger="ddad"):
+        assert cli_main(["score", str(data / entry["image"]), "--out", str(tmp_path / "explicit"), "--runs_dir",
+                         str(copy), "--image_size", "32", "--deploy_score", "R_dual"]) == 0
+    assert json.loads((tmp_path / "explicit" / "summary.json").read_text())["score_name"] == "R_dual"
+    assert "deploy_score R_dual: its ASR-Net is not marked reliable" in caplog.text

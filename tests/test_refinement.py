@@ -8,7 +8,7 @@ import torch
 from scripts.engines.ensemble import seeded_members
 from scripts.networks.backbones import AE
 from scripts.scoring.pipeline import DDADPipeline
-from scripts.engines.refinement import (REFINER_SCORES, RELIABLE_SELECTION_AUC, MapExtractor, RefinementTrainer,
+from scripts.engines.refinement import (REFINER_SCORES, RELIABLE_LOSS_RATIO, RELIABLE_SELECTION_AUC, MapExtractor, RefinementTrainer,
                                 RefinerSelection, build_refiners, load_refiner, make_validation_set, map_scales,
                                 refiner_names)
 from scripts.handlers.reports import ScoreReport, format_table
@@ -125,20 +125,31 @@ def test_a_refiner_that_never_beats_chance_is_flagged_in_record_log_and_report(e
     with caplog.at_level("WARNING", logger="ddad"):
         trainer.run()
     record = json.loads((tmp_path / "asr_selection.json").read_text())
-    for entry in record["refiners"].values():
-        assert entry["reliable"] == (entry["val_auc"] >= RELIABLE_SELECTION_AUC)
+    for name, entry in record["refiners"].items():
+        expected = entry["val_auc"] >= RELIABLE_SELECTION_AUC and entry["loss_ratio"] <= RELIABLE_LOSS_RATIO
+        assert entry["reliable"] == expected
+        # the constant predictor's loss is computed for the labels in use, and the training loss set against it
+        assert 0 < entry["constant_prediction_loss"] < 0.2
+        assert entry["loss_ratio"] == pytest.approx(entry["final_train_loss"] / entry["constant_prediction_loss"])
+        assert 0 <= entry["chance_probability"] <= 1 and len(entry["val_auc_ci95"]) == 2
     unreliable = [n for n, e in record["refiners"].items() if not e["reliable"]]
     assert unreliable, "a refiner trained one epoch on random maps should not look reliable"
-    assert all(f"asr {n}: best validation AUC" in caplog.text for n in unreliable)
+    assert all(f"asr {n}: not reliable" in caplog.text for n in unreliable)
+    # the maps of random members do not respond to the patches, and stage 2 says so before training
+    assert "barely respond" in caplog.text
+    response = record["diagnostics"]["patch_response"]["training"]["training_normals"]
+    assert set(response) == {"A_rec", "A_intra", "A_inter"}
 
     metrics = {"A_inter": {"auc": 0.9, "ap": 0.9}, "R_dual": {"auc": 0.3, "ap": 0.4}, "R_intra": {"auc": 0.5, "ap": 0.5}}
     report = ScoreReport(tmp_path / "eval", selection_file=tmp_path / "asr_selection.json")
     report.add_selection(metrics)
     assert metrics["R_dual"]["selection_val_auc"] == pytest.approx(record["refiners"]["dual"]["val_auc"])
     assert "selection_val_auc" not in metrics["A_inter"]
+    assert metrics["A_inter"]["patch_response"]["paired_share"] == pytest.approx(response["A_inter"]["paired_share"])
     table = format_table(metrics)
     for name in unreliable:
-        assert f"note: {REFINER_SCORES[name]}'s ASR-Net reached only" in table
+        assert f"{REFINER_SCORES[name]}: held-out AUC" in table and "NOT reliable" in table
+    assert "stage 2 patch response" in table
 
 
 def test_extractor_runs_the_members_fused_and_gives_the_per_member_maps(extractor, images):

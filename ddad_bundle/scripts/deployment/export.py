@@ -1,8 +1,8 @@
 """Export a trained run as one TorchScript file for deployment (MONAI Deploy loads ``model.ts``).
 
 The file holds ``scripts.scoring.pipeline.DeployedPipeline``: input ``image`` (B, C, H, W) already
-preprocessed, output ``pred`` (B, 1, H, W), the map of the deployment score (R_dual, else
-R_intra, else A_inter/A_intra), with every NDM and UDM member, the discrepancy maps and the
+preprocessed, output ``pred`` (B, 1, H, W), the map of the deployment score (``deploy_score``,
+by default ``auto``: R_dual where its refiner is reliable, else A_inter, else A_rec_ensemble), with every NDM and UDM member, the discrepancy maps and the
 ASR-Net inside. Beside the weights it carries, as extra files in the layout that
 ``monai.bundle ckpt_export`` writes (``extra/metadata.json``, ``extra/inference.json``):
 
@@ -113,17 +113,19 @@ def export_run(pipeline: DDADPipeline, path, channels: int, image_size: int, ckp
                deploy_score: str | None = None) -> Path:
     """Export a run folder's trained model with the metadata, the decision threshold and the
     run's effective inference config embedded (see the module docstring). ``deploy_score``: the
-    score ``model.ts`` outputs (default: threshold.json's, i.e. ``DDADPipeline.primary_score``)."""
-    from ..engines.inference import deployment_threshold, load_threshold
+    score ``model.ts`` outputs; None or ``auto``: ``engines.inference.choose_deploy_score`` (R_dual
+    only where its refiner is reliable, else A_inter, else A_rec_ensemble), its reason stored in the
+    metadata (``ddad.reason``)."""
+    from ..engines.inference import deployment_threshold, load_selection, load_threshold
 
     configs_dir = Path(__file__).resolve().parents[2] / "configs"
     metadata = json.loads((configs_dir / "metadata.json").read_text())
-    threshold = deployment_threshold(load_threshold(ckpt_dir), pipeline, deploy_score)
+    threshold = deployment_threshold(load_threshold(ckpt_dir), pipeline, deploy_score, load_selection(ckpt_dir))
     inference = effective_config(output_dir if output_dir is not None else Path(ckpt_dir).parent, configs_dir)
     # A deployment has no run folder to read threshold.json from: the number goes in the config.
     inference["decision_threshold"] = float(threshold["threshold"])
     inference["deploy_score"] = threshold["score"]
     configs = {"inference": inference, "common": json.loads((configs_dir / "common.json").read_text())}
     out = export_torchscript(pipeline, path, channels, image_size, threshold, metadata, configs)
-    print(f"exported {threshold['score']} pipeline to {out}")
+    print(f"exported {threshold['score']} pipeline to {out} ({threshold['reason']})")
     return out

@@ -2,8 +2,8 @@
 
 For every input file (PNG, JPEG, DICOM, 2D NIfTI) ``FolderScorer`` writes
 
-- the anomaly score: R_dual, or R_intra when the bundle was trained without unlabeled images
-  (``DDADPipeline.primary_score``), the mean of the anomaly-probability map;
+- the anomaly score of ``deploy_score`` (default ``auto``, ``choose_deploy_score``: R_dual where
+  its refiner is reliable, else A_inter, else A_rec_ensemble), the mean of its map;
 - a label, ``abnormal`` when the score exceeds the decision threshold stored with the model
   (``threshold.json``, chosen on the validation normals at a configurable specificity,
   ``save_threshold``);
@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Optional, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -61,21 +61,55 @@ def validation_scores(pipeline: DDADPipeline, images: torch.Tensor, batch_size: 
     return {name: torch.cat(values).cpu().numpy() for name, values in parts.items()}
 
 
+AUTO = "auto"
+
+
+def load_selection(ckpt_dir) -> Optional[dict]:
+    """Stage 2's ``asr_selection.json`` (which refiners are reliable), or None before stage 2."""
+    path = Path(ckpt_dir) / "asr_selection.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def refiner_reliable(selection: Optional[dict], score: str) -> bool:
+    """Whether stage 2 marked the refiner behind ``score`` (R_dual, R_intra) as reliable."""
+    refiner = {"R_dual": "dual", "R_intra": "intra"}.get(score)
+    entry = ((selection or {}).get("refiners") or {}).get(refiner) or {}
+    return bool(entry.get("reliable", False))
+
+
+def choose_deploy_score(score_names: Sequence[str], selection: Optional[dict]) -> tuple[str, str]:
+    """``deploy_score: auto``: (score, reason). Never deploys a refiner without a learned signal.
+
+    R_dual where stage 2 marked its refiner reliable; R_intra likewise when the run has no
+    unlabeled images (no A_inter); otherwise A_inter when a UDM exists, otherwise A_rec_ensemble.
+    """
+    names = list(score_names)
+    if "R_dual" in names and refiner_reliable(selection, "R_dual"):
+        return "R_dual", "R_dual's refiner is reliable (asr_selection.json)"
+    if "A_inter" not in names and "R_intra" in names and refiner_reliable(selection, "R_intra"):
+        return "R_intra", "no unlabeled images, and R_intra's refiner is reliable (asr_selection.json)"
+    refined = [n for n in ("R_dual", "R_intra") if n in names]
+    why = (f"{' and '.join(refined)} not reliable (asr_selection.json)" if refined else "no refiner trained")
+    if "A_inter" in names:
+        return "A_inter", f"{why}: the dual-distribution discrepancy A_inter is deployed"
+    return "A_rec_ensemble", f"{why} and no unlabeled images: the ensemble reconstruction error is deployed"
+
+
 def save_threshold(pipeline: DDADPipeline, validation_images: torch.Tensor, ckpt_dir, specificity: float = 0.95) -> Path:
     """Decision thresholds on the validation normals (never the test set); writes ``threshold.json``.
 
-    ``score``/``threshold`` are the default deployment score's (``DDADPipeline.primary_score``);
-    ``thresholds`` holds one per score, so another score can be deployed (config key
-    ``deploy_score``) with a threshold chosen the same way.
+    ``thresholds`` holds one per score, each chosen the same way; ``score``/``threshold`` are those
+    of the ``auto`` deployment choice (``choose_deploy_score``) with its ``reason``.
     """
     scores = validation_scores(pipeline, validation_images.to(next(pipeline.parameters()).device))
     thresholds = {name: float(threshold_at_specificity(values, specificity)) for name, values in scores.items()}
-    primary = pipeline.primary_score
-    record = {"score": primary, "threshold": thresholds[primary], "thresholds": thresholds,
-              "specificity": float(specificity), "n_validation": int(len(scores[primary])),
+    chosen, reason = choose_deploy_score(pipeline.score_names, load_selection(ckpt_dir))
+    record = {"score": chosen, "threshold": thresholds[chosen], "reason": reason, "thresholds": thresholds,
+              "specificity": float(specificity), "n_validation": int(len(scores[chosen])),
               "rule": "abnormal when score > threshold; at most (1 - specificity) of validation normals exceed it"}
     path = write_json_atomic(record, Path(ckpt_dir) / "threshold.json")
-    logger.info("decision threshold %.6g for %s at specificity %.2f -> %s", record["threshold"], primary, specificity, path)
+    logger.info("deploy_score auto: %s (%s); threshold %.6g at specificity %.2f -> %s", chosen, reason,
+                record["threshold"], specificity, path)
     return path
 
 
@@ -86,31 +120,37 @@ def load_threshold(ckpt_dir) -> dict:
     return json.loads(path.read_text())
 
 
-def threshold_for(record: dict, score: Optional[str] = None) -> dict:
-    """``threshold.json``'s record for the deployed ``score`` (config key ``deploy_score``;
-    None: the stored default), with ``score`` and ``threshold`` set to that score's."""
-    score = score or record["score"]
-    if score == record["score"]:
-        return dict(record)
-    table = record.get("thresholds") or {}
+def threshold_for(record: dict, score: Optional[str] = None, selection: Optional[dict] = None) -> dict:
+    """``threshold.json``'s record for the deployed ``score`` (config key ``deploy_score``), with
+    ``score``, ``threshold`` and ``reason`` set to that score's. ``auto`` (or None) resolves with
+    ``choose_deploy_score`` over the stored scores and stage 2's ``selection`` at the time of use,
+    so a refiner marked unreliable is never deployed by default."""
+    table = dict(record.get("thresholds") or {record["score"]: record["threshold"]})
+    if score in (None, AUTO):
+        score, reason = choose_deploy_score(list(table), selection)
+        requested = AUTO
+    else:
+        requested, reason = score, "requested explicitly (deploy_score)"
     if score not in table:
-        known = sorted(table) or [record["score"]]
-        raise ValueError(f"deploy_score {score!r}: threshold.json holds thresholds for {', '.join(known)}"
-                         + ("" if table else "; re-run the 'training_asr' workflow to store one for every score"))
-    return dict(record, score=score, threshold=float(table[score]))
+        raise ValueError(f"deploy_score {score!r}: threshold.json holds thresholds for {', '.join(sorted(table))}"
+                         + ("" if record.get("thresholds") else "; re-run the 'training_asr' workflow to store one for every score"))
+    return dict(record, score=score, threshold=float(table[score]), reason=reason, requested=requested)
 
 
-def deployment_threshold(record: dict, pipeline: DDADPipeline, score: Optional[str] = None) -> dict:
-    """``threshold_for`` checked against the trained model: without an explicit ``score`` the
-    stored one must be the model's default (else threshold.json is stale), and the chosen score
-    must be one the model computes."""
-    if score is None and record.get("score") != pipeline.primary_score:
-        raise ValueError(f"threshold.json is for {record.get('score')!r} but the model reports "
-                         f"{pipeline.primary_score!r}; re-run the 'training_asr' workflow")
-    chosen = threshold_for(record, score)
+def deployment_threshold(record: dict, pipeline: DDADPipeline, score: Optional[str] = None,
+                         selection: Optional[dict] = None) -> dict:
+    """``threshold_for`` checked against the trained model: the chosen score must be one the model
+    computes; an explicitly requested refined score whose refiner stage 2 did not mark reliable
+    is deployed as asked, with a warning."""
+    chosen = threshold_for(record, score, selection)
     if chosen["score"] not in pipeline.score_names:
         raise ValueError(f"deploy_score {chosen['score']!r} is not a score of this model "
                          f"(it has {', '.join(pipeline.score_names)})")
+    if chosen["requested"] != AUTO and chosen["score"] in ("R_dual", "R_intra") and not refiner_reliable(selection, chosen["score"]):
+        logger.warning("deploy_score %s: its ASR-Net is not marked reliable in asr_selection.json (no learned "
+                       "signal shown on held-out synthetic anomalies); deploy_score auto would choose %s",
+                       chosen["score"], choose_deploy_score(pipeline.score_names, selection)[0])
+    logger.info("deploying %s: %s", chosen["score"], chosen["reason"])
     return chosen
 
 
@@ -187,15 +227,18 @@ class FolderScorer:
         pipeline: the trained model.
         preprocessing: the modality's transform chain (the same as in training).
         threshold: ``threshold.json`` content ({"score", "threshold", "thresholds", ...}).
-        score_name: the score to report (config key ``deploy_score``); None: threshold.json's default.
+        score_name: the score to report (config key ``deploy_score``); None or ``auto``: ``choose_deploy_score``.
+        selection: stage 2's ``asr_selection.json`` content (``load_selection``), for ``auto``.
         channels: image channels the model expects.
         device: where the networks run.
     """
 
     def __init__(self, pipeline: DDADPipeline, preprocessing: Compose, threshold: dict, channels: int = 1,
-                 device="cpu", batch_size: int = 32, score_name: Optional[str] = None):
+                 device="cpu", batch_size: int = 32, score_name: Optional[str] = None,
+                 selection: Optional[dict] = None):
         self.pipeline = pipeline.to(device).eval()
-        threshold = deployment_threshold(threshold, pipeline, score_name)
+        threshold = deployment_threshold(threshold, pipeline, score_name, selection)
+        self.reason = threshold["reason"]
         self.score_name = threshold["score"]
         self.threshold = float(threshold["threshold"])
         self.preprocessing = preprocessing
@@ -283,7 +326,8 @@ class FolderScorer:
             except (ImageLoadError, ValueError, OSError, RuntimeError) as error:
                 logger.error("%s: not scored: %s", path, error)
                 rows.append({"file": str(path), "status": "error", "error": str(error)})
-        summary = {"score_name": self.score_name, "threshold": self.threshold, "n_files": len(rows),
+        summary = {"score_name": self.score_name, "score_reason": self.reason, "threshold": self.threshold,
+                   "n_files": len(rows),
                    "n_scored": sum(r["status"] == "ok" for r in rows),
                    "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
                    "n_errors": sum(r["status"] == "error" for r in rows), "files": rows}

@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from .figures import map_panel, score_histograms
 from ..runtime.files import write_csv_atomic, write_json_atomic
 from ..scoring.metrics import chi2_histogram_distance, summarize_scores
-from ..engines.refinement import REFINER_SCORES, RELIABLE_SELECTION_AUC
+from ..engines.refinement import REFINER_SCORES
 from ..scoring.scores import ALL_SCORES
 
 logger = logging.getLogger("ddad")
@@ -42,12 +42,26 @@ def format_table(metrics: dict) -> str:
         if pixel:
             row += f"{m.get('pixel_auroc', float('nan')):>13.3f}"
         lines.append(row)
-    unreliable = [n for n, m in metrics.items() if m.get("selection_reliable") is False]
-    for name in unreliable:
-        lines.append(f"note: {name}'s ASR-Net reached only {metrics[name]['selection_val_auc']:.3f} validation AUC on "
-                     "synthetic anomalies: a weak training signal, so compare it with its input maps before "
-                     "relying on it (see asr_selection.json)")
+    lines += stage2_notes(metrics)
     return "\n".join(lines)
+
+
+def stage2_notes(metrics: dict) -> list[str]:
+    """Lines under the table: what stage 2 had to learn from, and whether each refiner learned."""
+    lines = []
+    response = {n: m["patch_response"] for n, m in metrics.items() if "patch_response" in m}
+    if response:
+        lines.append("stage 2 patch response (altered above clean twin, training synthesis, training normals): "
+                     + ", ".join(f"{n} {r['paired_share']:.2f}" for n, r in response.items()))
+    for name, m in metrics.items():
+        if "selection_val_auc" not in m:
+            continue
+        low, high = m.get("selection_val_auc_ci95", [float("nan")] * 2)
+        verdict = "reliable" if m.get("selection_reliable") else "NOT reliable: no learned signal, not deployed by auto"
+        lines.append(f"{name}: held-out AUC {m['selection_val_auc']:.3f} [{low:.3f}, {high:.3f}], chance p "
+                     f"{m.get('selection_chance_probability', float('nan')):.2g}, final loss "
+                     f"{m.get('selection_loss_ratio', float('nan')):.2f} x constant prediction: {verdict}")
+    return lines
 
 
 class ScoreReport:
@@ -139,15 +153,25 @@ class ScoreReport:
         return metrics
 
     def add_selection(self, metrics: dict) -> None:
-        """Copy each refiner's validation (never test) AUC into its score's entry."""
+        """Copy stage 2's validation (never test) measures into the scores' entries: each refined
+        score's selection and reliability, each map's patch response to the training synthesis."""
         if self.selection_file is None or not self.selection_file.is_file():
             return
-        refiners = json.loads(self.selection_file.read_text()).get("refiners", {})
-        for refiner, entry in refiners.items():
+        record = json.loads(self.selection_file.read_text())
+        for refiner, entry in record.get("refiners", {}).items():
             score = REFINER_SCORES.get(refiner)
-            if score in metrics:
-                metrics[score]["selection_val_auc"] = float(entry["val_auc"])
-                metrics[score]["selection_reliable"] = bool(entry["val_auc"] >= RELIABLE_SELECTION_AUC)
+            if score not in metrics:
+                continue
+            metrics[score]["selection_val_auc"] = float(entry["val_auc"])
+            metrics[score]["selection_reliable"] = bool(entry.get("reliable", False))
+            for key in ("val_auc_ci95", "chance_probability", "loss_ratio", "paired_share", "pixel_auroc",
+                        "rank_correlation_with_inputs"):
+                if key in entry:
+                    metrics[score][f"selection_{key}"] = entry[key]
+        training = (record.get("diagnostics", {}).get("patch_response", {}).get("training") or {})
+        for name, response in (training.get("training_normals") or {}).items():
+            if name in metrics:
+                metrics[name]["patch_response"] = dict(response, families=training.get("families"))
 
     def pixel_auroc(self, name: str):
         """Pixel-level AUROC of a map against the lesion masks, or None without masks."""

@@ -72,7 +72,10 @@ class DDADPipeline(nn.Module):
 
     @property
     def primary_score(self) -> str:
-        """The score a deployment reports: R_dual, else R_intra (no unlabeled data), else A_inter/A_intra."""
+        """The most refined score the model computes: R_dual, else R_intra, else A_inter, else A_intra.
+
+        Not the deployment default: ``deploy_score: auto`` deploys a refined score only where stage 2
+        marked its refiner reliable (``scripts.engines.inference.choose_deploy_score``)."""
         for name in ("R_dual", "R_intra", "A_inter", "A_intra"):
             if name in self.score_names:
                 return name
@@ -104,8 +107,7 @@ class DDADPipeline(nn.Module):
 class DeployedPipeline(nn.Module):
     """The trained model as one TorchScript-scriptable module: ``image`` (B, C, H, W) in,
     ``pred`` (B, 1, H, W) out, the map of the deployment score: ``score_name`` (config key
-    ``deploy_score``), by default ``DDADPipeline.primary_score`` (R_dual, else R_intra, else
-    A_inter, else A_intra). All NDM and UDM members (fused), the discrepancy
+    ``deploy_score``, resolved by ``scripts.engines.inference.deployment_threshold``). All NDM and UDM members (fused), the discrepancy
     maps (``scripts.scoring.scores.discrepancy_maps``, scripted as they are) and the ASR-Net run inside.
     The image score is the spatial mean of ``pred``; the inference config computes it.
     """
