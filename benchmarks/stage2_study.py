@@ -32,11 +32,19 @@ from scripts.scoring.anomaly_families import FAMILIES, FamilySynthesizer  # noqa
 from scripts.scoring.refiner_diagnostics import patch_response  # noqa: E402
 
 
+def run_settings(run_dir: Path) -> dict:
+    """The overrides a stage-1 run was trained with: its experiment cell's, else its run record's."""
+    cell = run_dir.parent / "cell.json"
+    if cell.is_file():
+        return json.loads(cell.read_text())["settings"]
+    return json.loads((run_dir / "run_record_training.json").read_text())["overrides"]
+
+
 def load_run(run_dir: Path):
     from monai.bundle import ConfigParser
 
     # the cell's settings on the current config files (the recorded config may predate the layout)
-    settings = json.loads((run_dir.parent / "cell.json").read_text())["settings"]
+    settings = run_settings(run_dir)
     parser = ConfigParser()
     parser.read_config([str(REPO / "ddad_bundle" / "configs" / f) for f in ("common.json", "train.json")])
     parser.update({k: v for k, v in settings.items() if k != "runs_dir"})
@@ -64,12 +72,12 @@ def train(argv) -> int:
     from ddad_bundle.cli import parse_overrides, run_workflows
 
     ap = argparse.ArgumentParser()
-    ap.add_argument("cell")
+    ap.add_argument("cell", help="the runs_dir of a finished stage-1 run (an experiment cell or e.g. runs/demo)")
     ap.add_argument("--out", required=True)
     opts, rest = ap.parse_known_args(argv)
     cell = Path(opts.cell)
-    settings = json.loads((cell / "cell.json").read_text())["settings"]
     run_name = next(p.name for p in cell.iterdir() if p.is_dir() and (p / "models").is_dir())
+    settings = run_settings(cell / run_name)
     target = Path(opts.out).resolve() / run_name
     (target / "models").mkdir(parents=True, exist_ok=True)
     for weights in (cell / run_name / "models").glob("*_member*.pt"):
