@@ -125,7 +125,7 @@ def test_a_refiner_that_never_beats_chance_is_flagged_in_record_log_and_report(e
     with caplog.at_level("WARNING", logger="ddad"):
         trainer.run()
     record = json.loads((tmp_path / "asr_selection.json").read_text())
-    for name, entry in record["refiners"].items():
+    for entry in record["refiners"].values():
         expected = entry["val_auc"] >= RELIABLE_SELECTION_AUC and entry["loss_ratio"] <= RELIABLE_LOSS_RATIO
         assert entry["reliable"] == expected
         # the constant predictor's loss is computed for the labels in use, and the training loss set against it

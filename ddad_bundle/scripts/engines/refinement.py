@@ -412,7 +412,6 @@ class RefinerSelection:
     def validate(self, engine: Engine) -> None:
         if self._maps is None:  # stage 1 is frozen and the validation set fixed: compute the maps once
             self._maps = engine.extractor(self.images.to(engine.state.device))
-        improved = False
         for name, refiner in engine.refiners.items():
             measures, scores = self._measure(engine, name, refiner)
             epoch = engine.state.epoch
@@ -425,7 +424,6 @@ class RefinerSelection:
                 self.best[name].update(self._at_best(name, scores))
                 torch_save_atomic({"state_dict": refiner.state_dict(), "scales": engine.scales,
                                    "inputs": list(REFINER_INPUTS[name])}, self.ckpt_dir / f"asr_{name}.pt")
-                improved = True
             logger.info("asr %s: epoch %d held-out AUC %.4f, paired %.3f, pixel AUROC %.3f, val loss %.5f "
                         "(best by %s at epoch %d)", name, epoch, measures["val_auc"], measures["paired_share"],
                         measures["pixel_auroc"], measures["val_loss"], self.metric, self.best[name]["epoch"])
