@@ -237,16 +237,17 @@ class HtmlReport:
 
     def _gallery_section(self) -> str:
         parts = [f"<p>Score: <b>{html.escape(self.gallery_score)}</b>; each tile is the preprocessed test image with "
-                 "the score's map overlaid (one colour scale for all tiles).</p>"]
+                 "the score's map overlaid, more opaque where higher (one scale for all tiles: the 1st to the "
+                 "99.5th percentile of their map values).</p>"]
         picked = {name: [e[2] for e in sorted(self.heaps[name], reverse=True)] for name, _ in GALLERIES}
         tiles = [t[4] for items in picked.values() for t in items]
         if not tiles:
             return section("Galleries", f"<p>The model gives no map for {html.escape(self.gallery_score)}: no gallery.</p>")
-        vmax = max(float(np.percentile(np.stack(tiles), 99.5)), 1e-12) if tiles else 1.0
+        low, high = np.percentile(np.stack(tiles), [1, 99.5])
         for name, caption in GALLERIES:
             if picked[name]:
                 files = ", ".join(f"{Path(t[0]).name} ({t[2]:.4g})" for t in picked[name])
-                parts.append(f"<h3>{html.escape(caption)}</h3>" + image_tag(gallery_png(picked[name], vmax), caption)
+                parts.append(f"<h3>{html.escape(caption)}</h3>" + image_tag(gallery_png(picked[name], low, high), caption)
                              + f"<p class='files' id='{name}'>{html.escape(files)}</p>")
         return section("Galleries", "".join(parts))
 
@@ -299,12 +300,19 @@ def curve_figures(scores: dict, labels: np.ndarray) -> tuple[bytes, bytes]:
     return png_bytes(roc_fig), png_bytes(pr_fig)
 
 
-def gallery_png(items: list, vmax: float) -> bytes:
-    """A row of tiles: image in gray, map overlaid; the title gives label, score and file name."""
+def gallery_png(items: list, low: float, high: float) -> bytes:
+    """A row of tiles: image in gray, map overlaid; the title gives label, score and file name.
+
+    The map is scaled from ``low`` to ``high`` (shared by all tiles) and drawn more opaque where it
+    is higher, so the image stays visible where the map is low.
+    """
     fig, axes = plt.subplots(1, len(items), figsize=(2.1 * len(items), 2.5), squeeze=False)
     for ax, (name, label, score, image, amap) in zip(axes[0], items):
+        level = np.clip((amap - low) / max(float(high - low), 1e-12), 0, 1)
+        overlay = plt.get_cmap("inferno")(level)
+        overlay[..., 3] = 0.75 * level
         ax.imshow(image, cmap="gray")
-        ax.imshow(amap, cmap="inferno", alpha=0.45, vmin=0, vmax=vmax)
+        ax.imshow(overlay)
         ax.set_title(f"{'abnormal' if label else 'normal'} {score:.4g}\n{Path(name).name[:24]}", fontsize=7)
         ax.axis("off")
     fig.tight_layout()
