@@ -65,6 +65,8 @@ def test_fit_writes_ddads_report_for_salads_scores_and_separates_lesions(salad_r
     assert all(0.0 <= float(r["A_knn"]) <= 1.0 for r in rows)
     assert (run / "eval" / "histograms.png").is_file()
     assert (run / "models" / "salad_member0.pt").is_file()
+    report = (run / "eval" / "report.html").read_text()  # the evaluation page, galleries on the score with maps
+    assert "Score: <b>A_mse</b>" in report and "<td>A_knn</td>" in report and "Trivial baselines" in report
 
 
 @pytest.mark.slow

@@ -122,7 +122,7 @@ class HtmlReport:
         output = engine.state.output
         scores = {k: v.detach().float().cpu().numpy() for k, v in output["scores"].items()}
         if self.gallery_score is None:
-            self.gallery_score = self._choose_score(list(scores))
+            self.gallery_score = self._choose_score(list(scores), list(output.get("maps") or {}))
         labels = output["label"].detach().cpu().numpy().astype(int)
         images = output["image"].detach().float().cpu().numpy()
         names = output.get("filename") or [""] * len(labels)
@@ -151,12 +151,15 @@ class HtmlReport:
         elif key > heap[0][0]:
             heapq.heapreplace(heap, entry)
 
-    def _choose_score(self, names: list[str]) -> str:
-        """The deployed score (threshold.json), else the first fallback the model computes."""
+    def _choose_score(self, names: list[str], mapped: list[str]) -> str:
+        """The deployed score (threshold.json) when it has maps, else the first score with maps (the
+        fallback order first), else the deployed or first score (then there is no gallery)."""
         stored = (self.threshold or {}).get("score")
-        if stored in names:
-            return stored
-        return next((n for n in FALLBACK_SCORES if n in names), names[0])
+        for candidates in ([stored], FALLBACK_SCORES, names):
+            found = next((n for n in candidates if n in names and n in mapped), None)
+            if found:
+                return found
+        return stored if stored in names else names[0]
 
     # ------------------------------------------------------------------ writing
 
