@@ -71,6 +71,7 @@ def test_report_holds_metrics_operating_point_galleries_and_baselines(tmp_path):
 
     def extras(metrics):
         metrics["R_dual"]["refiner_gain"] = 0.07
+        metrics["A_inter"]["patch_response"] = {"ratio": 1.5, "responds": True}
         metrics["stage2_diagnostics"] = {"synthetic_auc": 0.91}
         return metrics
 
@@ -82,6 +83,8 @@ def test_report_holds_metrics_operating_point_galleries_and_baselines(tmp_path):
     lo, hi = metrics["R_dual"]["auc_ci95"]
     assert f"{lo:.3f} - {hi:.3f}" in text
     assert "refiner_gain" in text and "0.070" in text and "synthetic_auc" in text  # unknown keys shown generically
+    assert re.search(r"<h3>patch_response</h3><table><tr><th>score</th><th>ratio</th><th>responds</th></tr>"
+                     r"<tr><td>A_inter</td><td class='n'>1\.500</td><td>True</td></tr></table>", text)
     # operating point: the stored threshold's sensitivity/specificity on these test scores
     scores = torch.cat([b["scores"]["R_dual"] for b in batches]).numpy()
     labels = torch.cat([b["label"] for b in batches]).numpy()

@@ -380,21 +380,40 @@ def is_score_entry(value) -> bool:
     return isinstance(value, dict) and "auc" in value
 
 
+COLUMN_LABELS = {"auc": "AUC", "auc_ci95": "AUC 95% CI", "ap": "AP", "f1_max": "F1 max",
+                 "sens_at_spec95": "sensitivity at 95% specificity (test)", "chi2": "χ² histograms",
+                 "pixel_auroc": "pixel AUROC"}
+
+
+def _value_cell(key: str, value):
+    if key.endswith("ci95") and isinstance(value, (list, tuple)):
+        return fmt_interval(value)
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else fmt(value)
+
+
+def _score_table(entries: dict, columns: list[str]) -> str:
+    rows = [[name] + [_value_cell(c, m[c]) if c in m else "" for c in columns] for name, m in entries.items()
+            if any(c in m for c in columns)]
+    return table(["score"] + [COLUMN_LABELS.get(c, c) for c in columns], rows)
+
+
 def metrics_section(metrics: dict) -> str:
-    """Every score's entry: the known columns first, then whatever other keys the entries hold."""
+    """Every score's entry: the summary columns, then the entries' further keys, whatever they are
+    (values in one table; each key holding a dict in a table of its own, its keys as columns)."""
     entries = {name: m for name, m in metrics.items() if is_score_entry(m)}
     if not entries:
         return section("Metrics", "<p>metrics.json holds no score entries.</p>")
-    extra = list(dict.fromkeys(k for m in entries.values() for k in m if k not in KNOWN_COLUMNS))
-    columns = [c for c in KNOWN_COLUMNS if any(c in m for m in entries.values())] + extra
-    rows = []
-    for name, m in entries.items():
-        rows.append([name] + [fmt_interval(m[c]) if c == "auc_ci95" and c in m else
-                              (m[c] if isinstance(m.get(c), (int, float)) and not isinstance(m.get(c), bool)
-                               else fmt(m.get(c, ""))) for c in columns])
-    labels = {"auc": "AUC", "auc_ci95": "AUC 95% CI", "ap": "AP", "f1_max": "F1 max", "sens_at_spec95":
-              "sensitivity at 95% specificity (test)", "chi2": "χ² histograms", "pixel_auroc": "pixel AUROC"}
-    return section("Metrics", table(["score"] + [labels.get(c, c) for c in columns], rows))
+    keys = list(dict.fromkeys(k for m in entries.values() for k in m))
+    nested = [k for k in keys if k not in KNOWN_COLUMNS and any(isinstance(m.get(k), dict) for m in entries.values())]
+    extra = [k for k in keys if k not in KNOWN_COLUMNS and k not in nested]
+    body = _score_table(entries, [c for c in KNOWN_COLUMNS if c in keys])
+    if extra:
+        body += "<h3>Further entries per score</h3>" + _score_table(entries, extra)
+    for key in nested:
+        sub = {name: m[key] for name, m in entries.items() if isinstance(m.get(key), dict)}
+        columns = list(dict.fromkeys(c for d in sub.values() for c in d))
+        body += f"<h3>{html.escape(key)}</h3>" + _score_table(sub, columns)
+    return section("Metrics", body)
 
 
 def diagnostics_section(metrics: dict) -> str:
