@@ -1,7 +1,7 @@
 """DDAD on real chest X-rays: the backbone table on the Kermany pediatric pneumonia set, with baselines.
 
-Data: ``../shared/data/cxr_kermany_pneumonia`` (Kermany et al. 2018, CC BY 4.0; 1579 normal and
-4245 pneumonia 128x128 PNGs; see its PROVENANCE.md), read from there, never copied.
+Data: the folder given as ``--data_dir`` (Kermany et al. 2018, CC BY 4.0; 1579 normal and
+4245 pneumonia 128x128 PNGs with a ``manifest.csv``), read from there, never copied.
 
 Protocol (seeded, patient-disjoint for both classes; patient ids from the file names:
 ``personN_...`` for pneumonia, ``IM-XXXX`` / ``NORMAL2-IM-XXXX`` for normals): one split drawn
@@ -18,7 +18,7 @@ reduced budget, not the paper's 250 + 100 epochs. Trivial baselines on the same 
 images: mean intensity, intensity standard deviation, L2 distance to the mean training normal
 (intensities are scaled per image to [-1, 1] by the bundle's preprocessing).
 
-    .venv/bin/python benchmarks/kermany.py [--epochs 30] [--asr_epochs 10] [--ae_seeds 0 1 2] [--seeds 0]
+    .venv/bin/python benchmarks/kermany.py --data_dir /path/to/cxr_kermany_pneumonia [--epochs 30] [--asr_epochs 10] [--ae_seeds 0 1 2] [--seeds 0]
         [--backbones ae memae aeu] [--split_seed 0] [--out runs/kermany]
         [--n_normal 540 --n_validation 60 --n_unlabeled 1000 --n_test_normal 300 --n_test_abnormal 300]
         [--key value ...]            # further bundle overrides for every cell (e.g. --image_size 32)
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "ddad_bundle")]
 
 from scripts.tools import experiments  # noqa: E402
-from scripts.tools.experiments import BACKBONE_NAMES, DEFAULT_SIZES, KERMANY_DIR, SIZE_KEYS  # noqa: E402
+from scripts.tools.experiments import BACKBONE_NAMES, DEFAULT_SIZES, SIZE_KEYS  # noqa: E402
 
 SCHEDULE = {"epochs": 30, "asr_epochs": 10, "batch_size": 16, "lr_schedule": "cosine"}
 BASELINES = ("mean intensity", "intensity std", "L2 to mean normal")
@@ -81,7 +81,7 @@ def parse(argv):
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the MemAE and AE-U columns")
     p.add_argument("--backbones", nargs="+", default=list(experiments.BACKBONES), choices=experiments.BACKBONES)
     p.add_argument("--split_seed", type=int, default=0)
-    p.add_argument("--data_dir", default=str(KERMANY_DIR))
+    p.add_argument("--data_dir", required=True, help="the Kermany chest X-ray folder (with its manifest.csv)")
     p.add_argument("--out", default=str(REPO / "runs" / "kermany"))
     for key in SIZE_KEYS + ("n_unlabeled",):
         p.add_argument(f"--{key}", type=int, default=DEFAULT_SIZES["kermany"][key])
@@ -100,11 +100,11 @@ def summary_rows(table: dict, base: dict) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    from ddad_bundle.cli import parse_overrides
+    from scripts.runtime.config_guard import parse_overrides
 
     opts, rest = parse(argv)
     if not Path(opts.data_dir).is_dir():
-        print(f"{opts.data_dir} not found: this benchmark reads the shared Kermany data set", file=sys.stderr)
+        print(f"{opts.data_dir} not found: give --data_dir, the Kermany chest X-ray folder", file=sys.stderr)
         return 2
     out = Path(opts.out).resolve()
     overrides = dict(batch_size=SCHEDULE["batch_size"], lr_schedule=SCHEDULE["lr_schedule"], **parse_overrides(rest))

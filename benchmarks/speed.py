@@ -226,7 +226,7 @@ def inference(device, args) -> list[dict]:
 
 def end_to_end(device, args) -> dict:
     """Wall time of the bundle's training + training_asr workflows on the CXR phantoms."""
-    from ddad_bundle import cli
+    from scripts.runtime.workflows import run_workflows
 
     overrides = {"epochs": args.e2e_epochs, "asr_epochs": args.e2e_asr_epochs, "progress_bar": False,
                  "modality": "cxr", "device": f"$torch.device('{device}')"}
@@ -235,7 +235,7 @@ def end_to_end(device, args) -> dict:
         # The phantoms are generated (the config's defaults) before the clock starts: this times training.
         generate_phantom_dataset(Path(runs_dir) / "data" / "cxr_phantom", modality="cxr", seed=0)
         start = time.perf_counter()
-        cli.run_workflows(["training", "training_asr"], overrides)
+        run_workflows(["training", "training_asr"], overrides)
         seconds = time.perf_counter() - start
     return {"stage1_epochs": args.e2e_epochs, "stage2_epochs": args.e2e_asr_epochs, "seconds": seconds,
             "data": "CXR phantoms: D_n 400 training + 40 validation normals, D_u 400 (AR 60%), 64x64; "

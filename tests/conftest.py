@@ -44,7 +44,7 @@ EVAL_ONLY = ("n_bootstrap",)
 
 def run_bundle(runs_dir, modality="cxr", epochs=8, **extra) -> Path:
     """Train both stages and evaluate through the bundle's workflows; returns the run folder."""
-    from ddad_bundle.cli import run_workflow
+    from scripts.runtime.workflows import run_workflow
 
     settings = dict(TINY_RUN, modality=modality, runs_dir=str(runs_dir), epochs=epochs, **extra)
     pick = lambda drop: {k: v for k, v in settings.items() if k not in drop}  # noqa: E731

@@ -1,22 +1,21 @@
 """Every config file parses, every workflow resolves its components, and typos are refused."""
 
-import json
+import re
 import subprocess
 import sys
+
+import numpy as np
 
 import pytest
 import torch
 from monai.bundle import ConfigParser
 
 from conftest import BUNDLE_ROOT
-from scripts.runtime.config_guard import ConfigKeyError, check_overrides, parse_run_argv
+from scripts.runtime.config_guard import ConfigKeyError, check_overrides, known_keys, parse_overrides, parse_run_argv
+from scripts.runtime.workflows import WORKFLOW_CONFIGS, config_files_for
 
 CONFIGS = BUNDLE_ROOT / "configs"
-WORKFLOWS = {
-    "training": ["common.json", "train.json"],
-    "training_asr": ["common.json", "train.json", "train_asr.json"],
-    "evaluating": ["common.json", "train.json", "evaluate.json"],
-}
+WORKFLOWS = WORKFLOW_CONFIGS
 
 
 def parser_for(files, **overrides):
@@ -26,16 +25,37 @@ def parser_for(files, **overrides):
     return parser
 
 
-@pytest.mark.parametrize("path", sorted(CONFIGS.rglob("*.json")), ids=lambda p: p.name)
-def test_config_files_are_valid_json(path):
-    assert isinstance(json.loads(path.read_text()), dict)
+REFERENCE = re.compile(r"[@%]([A-Za-z_][\w#]*)")
 
 
-@pytest.mark.parametrize("workflow", sorted(WORKFLOWS))
-def test_workflow_defines_its_run_id_and_initialize(workflow):
-    parser = parser_for(WORKFLOWS[workflow])
-    assert isinstance(parser[workflow], list) and parser[workflow]
-    assert any("record_run" in expr for expr in parser["initialize"])
+OVERLAYS = [(w, o) for w in sorted(WORKFLOW_CONFIGS) for o in (None, "demo.json", "datasets/folder.json")]
+OVERLAYS.append(("training", "multi_gpu_train.json"))  # the torchrun overlay is for stage 1
+
+
+@pytest.mark.parametrize("workflow,overlay", OVERLAYS)
+def test_every_reference_names_a_key_the_workflow_defines(workflow, overlay):
+    files = config_files_for(workflow, [CONFIGS / overlay] if overlay else None)
+    merged = ConfigParser.load_config_files(files)
+    known = known_keys(files)
+    dangling = sorted({ref for text in _strings(merged) for ref in REFERENCE.findall(text)} - known)
+    assert not dangling, f"{workflow} + {overlay}: references to undefined keys {dangling}"
+
+
+def _strings(node):
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+    elif isinstance(node, str):
+        yield node
+
+
+def test_each_workflow_file_runs_its_own_steps_as_run():
+    for workflow in WORKFLOW_CONFIGS:
+        merged = ConfigParser.load_config_files(config_files_for(workflow))
+        assert merged["run"] == f"%{workflow}", workflow
 
 
 @pytest.mark.parametrize("backbone,out_channels", [("ae", 1), ("memae", 1), ("aeu", 2)])
@@ -44,10 +64,21 @@ def test_network_def_builds_each_backbone(backbone, out_channels):
     assert net.eval()(torch.zeros(1, 1, 64, 64)).shape[1] == out_channels
 
 
-@pytest.mark.parametrize("modality", ["cxr", "brain", "fundus"])
-def test_modality_preprocessing_resolves(modality):
-    transform = parser_for(WORKFLOWS["training"], modality=modality).get_parsed_content("preprocessing")
-    assert len(transform.transforms) >= 4
+def test_fundus_takes_the_brain_chain_and_cxr_keeps_the_whole_image(tmp_path):
+    from PIL import Image
+
+    # a bright disc off-centre on a dark background: the brain/fundus chain crops to it, cxr does not
+    yy, xx = np.mgrid[:96, :128]
+    image = np.where((yy - 40) ** 2 + (xx - 50) ** 2 < 30 ** 2, 200, 2).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "disc.png")
+    out = {}
+    for modality in ("cxr", "brain", "fundus"):
+        chain = parser_for(WORKFLOWS["training"], modality=modality).get_parsed_content("preprocessing")
+        out[modality] = chain({"image": str(tmp_path / "disc.png")})["image"]
+        assert out[modality].shape == (1, 64, 64)
+    assert torch.equal(out["brain"], out["fundus"])
+    assert not torch.allclose(out["cxr"], out["brain"])
+    assert float((out["brain"] > 0).float().mean()) > float((out["cxr"] > 0).float().mean())  # cropped: more disc
 
 
 def test_unknown_modality_is_named():
@@ -58,13 +89,6 @@ def test_unknown_modality_is_named():
 def test_unknown_backbone_is_named():
     with pytest.raises(Exception, match="backbone"):
         parser_for(WORKFLOWS["training"], backbone="vae").get_parsed_content("network_def")()
-
-
-def test_paper_defaults_are_the_config_defaults():
-    parser = parser_for(WORKFLOWS["training_asr"])
-    assert (parser["epochs"], parser["batch_size"], parser["learning_rate"], parser["betas"]) == (250, 64, 5e-4, [0.5, 0.999])
-    assert (parser["num_members"], parser["image_size"], parser["latent_size"], parser["backbone"]) == (3, 64, 16, "ae")
-    assert (parser["asr_epochs"], parser["asr_batch_size"], parser["asr_learning_rate"], parser["asr_weight_decay"]) == (100, 8, 1e-4, 1e-4)
 
 
 def test_mistyped_override_is_refused_with_a_hint():
@@ -81,6 +105,15 @@ def test_monai_bundle_command_line_is_parsed():
             "--epochs", "5", "--meta_file=m.json", "--phantom#n_normal", "10"]
     assert parse_run_argv(argv) == {"config_files": ["a.json", "b.json"], "overrides": {"epochs": "5", "phantom#n_normal": "10"}}
     assert parse_run_argv(["pytest"]) is None
+
+
+def test_command_line_overrides_are_parsed_as_literals():
+    assert parse_overrides(["--epochs", "5", "--amp=false", "--betas", "[0.5, 0.9]", "--backbone", "aeu"]) == {
+        "epochs": 5, "amp": False, "betas": [0.5, 0.9], "backbone": "aeu"}
+    with pytest.raises(ValueError, match="--epochs has no value"):
+        parse_overrides(["--epochs"])
+    with pytest.raises(ValueError, match="unexpected argument '5'"):
+        parse_overrides(["5"])
 
 
 def test_plain_monai_bundle_run_refuses_a_typo(tmp_path):
@@ -109,18 +142,14 @@ def test_metadata_verifies_offline():
 
 def test_loss_logs_receive_a_scalar():
     """TensorBoardStatsHandler ignores anything but a number: every loss handler's transform must give one."""
-    import json
+    from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
-    outputs = {"ndm": {"loss": 0.3, "ndm_loss": 0.25, "udm_loss": 0.35}, "asr": {"loss": 0.7}}
-    parser = parser_for(WORKFLOWS["training"])
-    for module in ("ndm", "udm"):
-        for k, handler in enumerate(json.loads((CONFIGS / "train.json").read_text())[module]["handlers"]):
-            if "output_transform" in handler:
-                value = parser.get_parsed_content(f"{module}#handlers#{k}#output_transform")(outputs["ndm"])
-                assert value == outputs["ndm"][f"{module}_loss"]
-    asr = json.loads((CONFIGS / "train_asr.json").read_text())["asr"]["handlers"]
-    parser = parser_for(["common.json", "train.json", "train_asr.json"])
-    transforms = [k for k, h in enumerate(asr) if "output_transform" in h]
-    assert transforms
-    for k in transforms:
-        assert parser.get_parsed_content(f"asr#handlers#{k}#output_transform")(outputs["asr"]) == 0.7
+    outputs = {"loss": 0.7, "ndm_loss": 0.25, "udm_loss": 0.35}
+    parser = parser_for(WORKFLOWS["training_asr"], runs_dir="/nonexistent", output_dir="/tmp/ddad-config-test")
+    checked = 0
+    for key, expected in (("ndm#handlers", 0.25), ("udm#handlers", 0.35), ("asr#handlers", 0.7)):
+        for handler in parser.get_parsed_content(key):
+            if isinstance(handler, (StatsHandler, TensorBoardStatsHandler)):
+                assert handler.output_transform(outputs) == expected, key
+                checked += 1
+    assert checked == 6

@@ -3,10 +3,11 @@
 import numpy as np
 import pytest
 import torch
+from monai.data import DataLoader
 from monai.transforms import Compose, Resized
 from PIL import Image
 
-from scripts.data.cache import cache_images, evaluation_loader, for_modality, join_pools
+from scripts.data.cache import cache_images, cached_dataset, for_modality, join_pools
 from scripts.data.readers import LoadMaskd, LoadMedicalImaged, ScaleToSymmetricRanged
 
 
@@ -60,7 +61,7 @@ def test_test_loader_keeps_labels_masks_and_file_names(tmp_path):
     mask = tmp_path / "mask.png"
     Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 12)).save(mask)
     entries = [{"image": p, "label": i % 2, "mask": str(mask)} for i, p in enumerate(paths)]
-    batch = next(iter(evaluation_loader(entries, chain(), "test", batch_size=3)))
+    batch = next(iter(DataLoader(cached_dataset(entries, chain(), "test"), batch_size=3)))
     assert batch["image"].shape == (3, 1, 16, 16) and batch["mask"].shape == (3, 1, 16, 16)
     assert batch["label"].tolist() == [0, 1, 0]
     assert set(torch.unique(batch["mask"]).tolist()) == {0.0, 1.0}

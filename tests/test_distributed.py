@@ -103,7 +103,7 @@ def test_plan_refuses_bad_arguments():
 
 @pytest.mark.slow
 def test_two_processes_give_the_single_process_weights(tmp_path):
-    from ddad_bundle.cli import run_workflow
+    from scripts.runtime.workflows import run_workflow
 
     shared = dict(TINY_STAGE1, data_dir=str(tmp_path / "data"))
     result = torchrun(2, dict(shared, runs_dir=tmp_path / "multi"))

@@ -213,20 +213,7 @@ def test_members_receive_the_fused_weights():
     assert torch.allclose(members[1].decoder[-1].weight, fused.decoder[-1].weight.chunk(2)[1])
 
 
-def test_training_config_takes_the_fast_path_by_default(images):
-    import inspect
-    import json
-    from pathlib import Path
-
-    config = json.loads((Path(__file__).resolve().parents[1] / "ddad_bundle" / "configs" / "train.json").read_text())
-    assert config["ensemble_mode"] == "auto" and config["fused_adam"] is True
-    assert config["training"] == ["$@trainer.run()"]  # one loop for both modules
-    assert config["trainer"]["groups"] == ["@ndm#group", "@udm#group"]
-    accepted = set(inspect.signature(EnsembleTrainer.__init__).parameters) | {"num_workers"}
-    for trainer in (config["trainer"], config["ndm"]["trainer"], config["udm"]["trainer"]):
-        assert trainer["_target_"] == "scripts.engines.ensemble.build_ensemble_trainer"
-        assert trainer["ensemble_mode"] == "@ensemble_mode"
-        assert set(trainer) - {"_target_", "_disabled_"} <= accepted
+def test_auto_mode_builds_the_concurrent_trainer_on_a_cpu(images):
     seeds = member_seeds(0, "ndm", 2)
     members = seeded_members(factory("ae"), seeds)
     built = build_ensemble_trainer(device="cpu", max_epochs=1, members=members, optimizers=adam_optimizers(members),

@@ -15,7 +15,7 @@ from PIL import Image
 
 from conftest import BUNDLE_ROOT
 from ddad_bundle.cli import main as cli_main
-from ddad_bundle.cli import run_workflow
+from scripts.runtime.workflows import run_workflow
 from scripts.data.cache import cache_images
 from scripts.data.splits import datalist, load_split
 from scripts.scoring.salad_pipeline import SaladPipeline, load_pipeline

@@ -42,7 +42,11 @@ def cached_dataset(entries: list[dict], transform, name: str, num_workers: int =
 
 def cache_images(entries: list[dict], transform, name: str, num_workers: int = 0) -> torch.Tensor:
     """Decode and preprocess every image once; returns a float32 tensor (N, C, H, W)."""
-    dataset = cached_dataset(entries, transform, name, num_workers)
+    return stack_images(cached_dataset(entries, transform, name, num_workers), name)
+
+
+def stack_images(dataset, name: str) -> torch.Tensor:
+    """A cached dataset's images as one float32 tensor (N, C, H, W), all of one shape."""
     images = [torch.as_tensor(dataset[i]["image"]).float() for i in range(len(dataset))]
     shapes = {tuple(img.shape) for img in images}
     if len(shapes) != 1:

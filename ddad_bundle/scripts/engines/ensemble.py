@@ -559,10 +559,11 @@ class PerMemberTrainer:
                     self.module, len(self.members))
 
 
-class PerMemberRun:
-    """``PerMemberTrainer`` for each group in turn (``ensemble_mode`` 'per_member' with groups)."""
+class TrainerSequence:
+    """Several trainers run one after another (one per group: ``ensemble_mode`` 'per_member', or
+    ``one_loop_per_module``); ``trainers`` lists them in run order."""
 
-    def __init__(self, trainers: Sequence[PerMemberTrainer]):
+    def __init__(self, trainers: Sequence):
         self.trainers = list(trainers)
 
     def run(self) -> None:
@@ -570,11 +571,19 @@ class PerMemberRun:
             trainer.run()
 
 
-def build_ensemble_trainer(ensemble_mode: str = "auto", num_workers: int = 0, groups=None, **kwargs):
+def build_ensemble_trainer(ensemble_mode: str = "auto", num_workers: int = 0, groups=None,
+                           one_loop_per_module: bool = False, **kwargs):
     """The stage-1 trainer for config key ``ensemble_mode``: an ``EnsembleTrainer`` over all
     ``groups`` (``auto`` resolved for ``kwargs['device']``), or for 'per_member' a
-    ``PerMemberRun`` (one ``PerMemberTrainer`` per group, each with its group's handlers and the
-    shared ones). Without ``groups``, one module given by members/optimizers/data/module."""
+    ``TrainerSequence`` (one ``PerMemberTrainer`` per group, each with its group's handlers and the
+    shared ones). Without ``groups``, one module given by members/optimizers/data/module.
+
+    ``one_loop_per_module``: each group (module) trains in a loop of its own, the NDM's first
+    (the torchrun overlay: DDP collectives of one loop then pair up in the same order on every rank).
+    """
+    if one_loop_per_module and groups is not None:
+        return TrainerSequence([build_ensemble_trainer(ensemble_mode, num_workers, [g], **kwargs)
+                                for g in groups if g is not None])
     mode = resolve_ensemble_mode(ensemble_mode, kwargs.get("device", "cpu"))
     if mode != "per_member":
         return EnsembleTrainer(ensemble_mode=mode, groups=groups, **kwargs)
@@ -590,4 +599,4 @@ def build_ensemble_trainer(ensemble_mode: str = "auto", num_workers: int = 0, gr
         trainers.append(PerMemberTrainer(members=group.members, optimizers=group.optimizers, data=group.data,
                                          module=group.module, handlers=group.handlers + shared,
                                          num_workers=num_workers, **options))
-    return PerMemberRun(trainers)
+    return TrainerSequence(trainers)

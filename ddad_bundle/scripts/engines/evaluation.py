@@ -28,6 +28,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from monai.engines import Evaluator
 from monai.handlers import AveragePrecision, ROCAUC
+from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
 from ..handlers.training import final_weights_path
@@ -87,26 +88,28 @@ class DiscrepancyEvaluator(Evaluator):
         val_data_loader: MONAI DataLoader yielding {"image", "label", optional "mask"}.
         pipeline: the trained ``DDADPipeline`` (NDM, UDM, selected ASR-Nets).
         additional_metrics: MONAI metric handlers (``score_metrics``).
-        handlers: evaluation handlers (``scripts.handlers.reports.ScoreReport``).
+        val_handlers: evaluation handlers (``scripts.handlers.reports.ScoreReport``).
+        inferer: runs the pipeline on a batch (MONAI ``Inferer``; default ``SimpleInferer``, one pass).
     """
 
     def __init__(self, device, val_data_loader, pipeline: nn.Module, additional_metrics: Optional[dict] = None,
-                 handlers=None, amp: bool = False):
+                 val_handlers=None, amp: bool = False, inferer: Optional[Inferer] = None):
         # MONAI attaches metrics only together with a key metric: the first one plays that role.
         metrics = dict(additional_metrics or {})
         key_name = next(iter(metrics), None)
         key_metric = {key_name: metrics.pop(key_name)} if key_name else None
         super().__init__(
             device=torch.device(device), val_data_loader=val_data_loader, key_val_metric=key_metric,
-            additional_metrics=metrics, val_handlers=handlers, amp=amp, decollate=False,
+            additional_metrics=metrics, val_handlers=val_handlers, amp=amp, decollate=False,
         )
+        self.inferer = inferer if inferer is not None else SimpleInferer()
         self.pipeline = pipeline.to(self.state.device).eval()
 
     def _iteration(self, engine, batchdata: dict) -> dict:
         image = batchdata["image"]
         x = torch.as_tensor(image).to(engine.state.device)
         with torch.no_grad(), engine.mode(self.pipeline):
-            maps, member_scores = self.pipeline.maps_and_member_scores(x)
+            maps, member_scores = self.inferer(x, self.pipeline.maps_and_member_scores)
         meta = getattr(image, "meta", {})
         return {
             "image": x,

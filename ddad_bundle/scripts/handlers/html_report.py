@@ -19,7 +19,7 @@ offline and can be mailed as it is:
   0.5 (either way) means the classes differ in something a detector needs no anomaly model for;
 - the split report (``split_report.json``) and any non-score entries of ``metrics.json``.
 
-Example (config, in ``evaluator#handlers`` after ScoreReport)::
+Example (config, in evaluate.json's ``handlers`` after ScoreReport)::
 
     {"_target_": "scripts.handlers.html_report.HtmlReport", "output_dir": "@eval_dir",
      "ckpt_dir": "@ckpt_dir", "normal_entries": "$scripts.data.splits.datalist(@split.normal)",

@@ -22,6 +22,7 @@ import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
+from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
 from ..runtime.files import torch_save_atomic
 
@@ -30,6 +31,19 @@ logger = logging.getLogger("ddad")
 
 def final_weights_path(ckpt_dir, module: str, member: int) -> Path:
     return Path(ckpt_dir) / f"{module}_member{member}.pt"
+
+
+def module_handlers(module: str, log_dir, ckpt_dir, save_every: int = 1, resume: bool = True) -> list:
+    """A stage-1 module's handlers: its epoch loss in the log and in TensorBoard (``<module>_loss``,
+    a scalar), and its ``MemberCheckpoints``. The NDM and the UDM take the same list."""
+    tag = f"{module}_loss"
+
+    def loss(output):
+        return output[tag]
+
+    return [StatsHandler(tag_name=tag, output_transform=loss, iteration_log=False),
+            TensorBoardStatsHandler(log_dir=str(log_dir), tag_name=tag, output_transform=loss),
+            MemberCheckpoints(ckpt_dir, module, save_every=save_every, resume=resume)]
 
 
 class MemberCheckpoints:

@@ -13,6 +13,7 @@ Where the invocation comes from: ``python -m ddad_bundle`` and the tests registe
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import platform
@@ -58,26 +59,49 @@ def _as_list(config_files) -> list[str]:
     return [f.strip() for f in text.split(",")] if "," in text else [text]
 
 
+def parse_value(text: str):
+    """Command-line values as Python literals where they parse (numbers, booleans, lists), else strings."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_overrides(tokens: list[str], literal: bool = True) -> dict:
+    """``--key value`` / ``--key=value`` pairs as a dict; ``literal``: values through ``parse_value``."""
+    overrides, i = {}, 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--"):
+            raise ValueError(f"unexpected argument {token!r}: overrides are written --key value")
+        key, has_value, value = token[2:].partition("=")
+        if not has_value:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise ValueError(f"override --{key} has no value")
+            value, i = tokens[i + 1], i + 1
+        overrides[key] = parse_value(value) if literal else value
+        i += 1
+    return overrides
+
+
 def parse_run_argv(argv: list[str]) -> dict | None:
-    """Config files and overrides of a ``python -m monai.bundle run ...`` command line, or None."""
+    """Config files and overrides of a ``python -m monai.bundle run <workflow> ...`` command line,
+    or None for another command line (or one ``parse_overrides`` cannot read)."""
     if not argv or "monai" not in argv[0].replace("\\", "/") or "run" not in argv[1:2]:
         return None
-    args, overrides, i = argv[2:], {}, 0
-    config_files = None
-    while i < len(args):
-        token = args[i]
-        if not token.startswith("--"):
-            i += 1
-            continue
-        key, value = (token[2:].split("=", 1) + [None])[:2]
-        if value is None and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            value, i = args[i + 1], i + 1
-        if key == "config_file":
-            config_files = _as_list(value)
-        elif key not in _RUN_ARGUMENTS:
-            overrides[key] = value
-        i += 1
-    return {"config_files": config_files or [], "overrides": overrides}
+    args = argv[2:]
+    while args and not args[0].startswith("--"):  # the run id, given positionally
+        args = args[1:]
+    try:
+        overrides = parse_overrides(args, literal=False)
+    except ValueError:
+        return None
+    config_files = overrides.pop("config_file", None)
+    overrides = {k: v for k, v in overrides.items() if k not in _RUN_ARGUMENTS}
+    return {"config_files": _as_list(config_files) if config_files else [], "overrides": overrides}
 
 
 def current_invocation() -> dict | None:

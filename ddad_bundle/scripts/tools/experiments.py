@@ -8,7 +8,7 @@
   and ``.md``.
 
 Each cell (one AR or backbone, one seed) is a complete bundle run, ``training``, ``training_asr``
-and ``evaluating`` through ``ddad_bundle.cli.run_workflows`` with the dataset's config
+and ``evaluating`` through ``scripts.runtime.workflows.run_workflows`` with the dataset's config
 (``configs/datasets/<name>.json``), in its own folder ``<out>/cells/<cell>/``; its AUCs are read
 from ``eval/metrics.json``. A cell whose ``metrics.json`` exists is not run again, and an
 interrupted cell resumes from the bundle's own checkpoints, so rerunning a command loses no
@@ -29,7 +29,7 @@ give is refused with the numbers.
 
 Data sets (``--dataset``): ``phantom`` (generated with lesion masks, every image a distinct
 subject; the pools are generated once per ``--split_seed`` and sizes), ``kermany`` (the pediatric
-chest X-rays of ``../shared/data/cxr_kermany_pneumonia``, pooled by patient), ``folder`` (a folder
+chest X-rays of the folder given as ``--data_dir``, with its ``manifest.csv``, pooled by patient), ``folder`` (a folder
 tree: ``normal/`` and ``test/normal/`` are normal, ``abnormal/`` and ``test/abnormal/`` abnormal;
 ``unlabeled/`` has no labels and is not used by the sweep) and the prepared data sets ``rsna``,
 ``vindr``, ``brain_tumor``, ``lag`` (every labeled image of the ``split.json`` that
@@ -61,7 +61,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime.config_guard import parse_overrides
 from ..runtime.files import write_csv_atomic, write_json_atomic, write_text_atomic
+from ..runtime.workflows import FIT_WORKFLOWS, run_workflows
 from ..scoring.scores import ALL_SCORES
 from ..data.medad import dataset_split_file, read_any_split
 from ..data.splits import build_split, save_split, unlabeled_abnormal_count
@@ -69,7 +71,6 @@ from ..data.readers import SUPPORTED_EXTENSIONS
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 DATASET_CONFIGS = BUNDLE_ROOT / "configs" / "datasets"
-KERMANY_DIR = BUNDLE_ROOT.parents[1] / "shared" / "data" / "cxr_kermany_pneumonia"
 PREPARED = ("rsna", "vindr", "brain_tumor", "lag")
 DATASETS = ("phantom", "kermany", "folder") + PREPARED
 MODALITIES = {"phantom": "cxr", "kermany": "cxr", "folder": "cxr", "rsna": "cxr", "vindr": "cxr",
@@ -132,7 +133,7 @@ def patient_id(name: str) -> str:
     return normal.group(1) if normal else stem
 
 
-def kermany_pools(data_dir=KERMANY_DIR) -> tuple[list[dict], list[dict]]:
+def kermany_pools(data_dir) -> tuple[list[dict], list[dict]]:
     """Normal and pneumonia entries of the Kermany set from its ``manifest.csv``, with patient ids."""
     data_dir = Path(data_dir)
     manifest = data_dir / "manifest.csv"
@@ -224,7 +225,10 @@ def prepare(dataset: str, out, data_dir=None, modality: str | None = None, split
         return Source(dataset, normal, abnormal, s, settings, config,
                       description=f"{modality} phantoms ({phantom_size} px, generator seed {split_seed})")
     if dataset == "kermany":
-        data_dir = Path(data_dir or KERMANY_DIR)
+        if data_dir is None:
+            raise ExperimentError("--dataset kermany needs --data_dir (the Kermany chest X-ray folder with its "
+                                  "manifest.csv)")
+        data_dir = Path(data_dir)
         normal, abnormal = kermany_pools(data_dir)
         return Source(dataset, normal, abnormal, dict(DEFAULT_SIZES["kermany"], **asked), settings, config,
                       description=f"Kermany pediatric CXR ({data_dir}), patient-disjoint")
@@ -360,8 +364,6 @@ def run_cell(cell: Cell) -> tuple[dict, bool]:
                               "remove that folder: one table never mixes two protocols")
     if cell.metrics_file.is_file():
         return _load_json(cell.metrics_file), False
-    from ddad_bundle.cli import FIT_WORKFLOWS, run_workflows
-
     write_json_atomic(wanted, record)
     run_workflows(FIT_WORKFLOWS[cell.method], dict(cell.settings), [str(cell.config)] if cell.config else [],
                   method=cell.method)
@@ -473,10 +475,14 @@ def figures_off_override(config: str = "evaluate.json") -> dict:
     Read from the config when used, so every other argument of the handler stays the config's.
     """
     content = _load_json(BUNDLE_ROOT / "configs" / config)
-    for i, handler in enumerate(content["evaluator"]["handlers"]):
+    # evaluate.json lists the evaluator's handlers at the top level (`handlers`, the model-zoo name);
+    # the SALAD config keeps them inside the evaluator
+    prefix, handlers = ("handlers", content["handlers"]) if "handlers" in content else \
+        ("evaluator#handlers", content["evaluator"]["handlers"])
+    for i, handler in enumerate(handlers):
         if str(handler.get("_target_", "")).endswith("ScoreReport"):
-            return {f"evaluator#handlers#{i}": dict(handler, figures=False)}
-    raise ExperimentError(f"configs/{config}: no ScoreReport handler under evaluator#handlers")
+            return {f"{prefix}#{i}": dict(handler, figures=False)}
+    raise ExperimentError(f"configs/{config}: no ScoreReport handler under {prefix}")
 
 
 def _cell(out: Path, name: str, source: Source, schedule: Schedule, method: str = "ddad", **settings) -> Cell:
@@ -720,8 +726,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     """``python -m ddad_bundle experiment ...``; errors raise ValueError for the CLI to report."""
-    from ddad_bundle.cli import parse_overrides
-
     args, rest = build_parser().parse_known_args(argv)
     out = Path(args.out or Path("runs") / "experiments" / f"{args.experiment}_{args.dataset}")
     sizes = {k: getattr(args, k) for k in SIZE_KEYS + ("n_unlabeled",)}
