@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .splits import SplitError, save_split
+from .splits import FORMAT, SplitError, save_split
 from .readers import SUPPORTED_EXTENSIONS
 
 FOLDERS = {"normal": "normal", "unlabeled": "unlabeled", "test_normal": "test/normal", "test_abnormal": "test/abnormal"}
@@ -62,7 +62,7 @@ def split_from_folders(root, split_path) -> str:
             entry["mask"] = mask
         test_entries.append(entry)
     split = {
-        "format": "ddad-split/1",
+        "format": FORMAT,
         "description": f"made by scripts.data.folders from {root}",
         "normal": [{"image": str(p)} for p in normal],
         "unlabeled": [{"image": str(p)} for p in unlabeled],

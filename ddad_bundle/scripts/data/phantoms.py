@@ -49,6 +49,7 @@ import numpy as np
 from PIL import Image
 
 from ..runtime.files import write_json_atomic
+from .splits import FORMAT
 
 MODALITIES = ("cxr", "brain", "fundus")
 ROLES = ("normal", "validation", "unlabeled", "test")
@@ -820,7 +821,7 @@ def generate_phantom_dataset(out_dir, modality="cxr", n_normal=400, n_validation
                    f"a distinct synthetic subject. Unlabeled: {n_abnormal} of {counts['n_unlabeled']} abnormal; "
                    f"test: {counts['n_test_normal']} normal + {counts['n_test_abnormal']} abnormal with lesion masks.")
     realised = n_abnormal / counts["n_unlabeled"] if counts["n_unlabeled"] else 0.0  # equals the request when any
-    split = {"format": "ddad-split/1", "description": description, "seed": seed, "anomaly_rate": realised,
+    split = {"format": FORMAT, "description": description, "seed": seed, "anomaly_rate": realised,
              "generator": generator, "normal": entries["normal"]}
     if counts["n_validation"]:  # absent (not empty) lets the loader hold out its own share of `normal`
         split["validation"] = entries["validation"]

@@ -242,7 +242,7 @@ def _check_no_duplicates(sets: dict, describe: dict, where: str) -> None:
                 first[e["image"]] = here
     if problems:
         raise SplitError(f"{where}: {len(problems)} image(s) listed twice (an image may appear once, "
-                         f"in one set): " + _some(problems))
+                         f"in one set): " + some_of(problems))
 
 
 def _check_patients_disjoint(sets: dict, describe: dict, where: str) -> None:
@@ -260,7 +260,7 @@ def _check_patients_disjoint(sets: dict, describe: dict, where: str) -> None:
                                 f"{name!r} ({describe[name][i]}, {e['image']})")
     if problems:
         raise SplitError(f"{where}: {len(problems)} patient(s) in two sets (a patient's images must all "
-                         f"be in one set): " + _some(problems))
+                         f"be in one set): " + some_of(problems))
 
 
 def _check_declared_rate(declared, unlabeled: list[dict], where: str) -> None:
@@ -288,13 +288,14 @@ def _check_files_exist(sets: dict, raw: dict, describe: dict, where: str, base: 
         raise SplitError(f"{where}: {missing[0]}")
     if missing:
         raise SplitError(f"{where}: {len(missing)} listed files do not exist (relative paths are "
-                         f"relative to {base}): " + _some(missing))
+                         f"relative to {base}): " + some_of(missing))
 
 
-def _some(items: list[str]) -> str:
-    """The first few problems and how many more, so one message describes a widespread fault."""
-    text = "; ".join(items[:MAX_LISTED])
-    return text + (f"; and {len(items) - MAX_LISTED} more" if len(items) > MAX_LISTED else "")
+def some_of(items: list, n: int = MAX_LISTED) -> str:
+    """The first ``n`` problems and how many more, so one message describes a widespread fault."""
+    items = [str(i) for i in items]
+    text = "; ".join(items[:n])
+    return text + (f"; and {len(items) - n} more" if len(items) > n else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -439,7 +440,7 @@ def _check_pools_disjoint(normal_pool: list[dict], abnormal_pool: list[dict]) ->
     both = sorted({e["image"] for e in normal_pool} & {e["image"] for e in abnormal_pool})
     if both:
         raise SplitError(f"build_split: {len(both)} image(s) are in both normal_pool and abnormal_pool: "
-                         + _some(both))
+                         + some_of(both))
 
 
 def _check_pool_size(pool: list[dict], name: str, needs, labels) -> None:

@@ -41,7 +41,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..scoring.losses import HeteroscedasticObjective, MemAEObjective, MSEObjective
+from ..scoring.losses import (HeteroscedasticObjective, MemAEObjective, MSEObjective, attention_entropies,
+                              heteroscedastic_terms)
 from .backbones import AE, MemAE
 
 
@@ -306,8 +307,8 @@ def join_optimizer_states(states: Sequence[dict], fused: FusedAE, member: nn.Mod
 class FusedObjective(nn.Module):
     """Per-member losses (K,) of a fused network on a grouped batch (B, K*C, H, W).
 
-    The same three objectives as ``scripts.scoring.losses``, each averaged over one member's batch, so
-    summing them gives every member the gradient of its own loss.
+    The same three objectives as ``scripts.scoring.losses`` (built from its terms), each averaged
+    over one member's batch, so summing them gives every member the gradient of its own loss.
     """
 
     def __init__(self, kind: str, entropy_weight: float = 0.0):
@@ -325,12 +326,11 @@ class FusedObjective(nn.Module):
         target = x.reshape(batch, k, channels, -1)
         out = output.reshape(batch, k, output.shape[1] // k, -1)
         if self.kind == "heteroscedastic":
-            mean, log_var = out[:, :, :channels], out[:, :, channels:]
-            return (torch.exp(-log_var) * (mean - target) ** 2 + log_var).mean(dim=(0, 2, 3))
+            return heteroscedastic_terms(out, target, channel_dim=2).mean(dim=(0, 2, 3))
         losses = ((out - target) ** 2).mean(dim=(0, 2, 3))
         if self.kind == "memae":
-            attention = attention.float()
-            losses = losses + self.entropy_weight * -(attention * torch.log(attention + 1e-12)).sum(dim=2).mean(dim=1)
+            # attention (K, B, slots): each member's mean entropy over its batch
+            losses = losses + self.entropy_weight * attention_entropies(attention.float()).mean(dim=1)
         return losses
 
 

@@ -24,16 +24,27 @@ from monai.losses import FocalLoss
 from torch import nn
 
 
+def heteroscedastic_terms(output: torch.Tensor, target: torch.Tensor, channel_dim: int = 1) -> torch.Tensor:
+    """exp(-s) * (mu - x)**2 + s per element, for an output = [mu, s] stacked along ``channel_dim``
+    (2C channels) and a target of C channels; the fused ensembles take it per member."""
+    channels = target.shape[channel_dim]
+    mean, log_var = output.split(channels, dim=channel_dim)
+    return torch.exp(-log_var) * (mean - target) ** 2 + log_var
+
+
 def heteroscedastic_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean(exp(-s) * (mu - x)**2 + s) for an output (B, 2C, H, W) = [mu, s] and a target (B, C, H, W)."""
-    channels = target.shape[1]
-    mean, log_var = output[:, :channels], output[:, channels:]
-    return (torch.exp(-log_var) * (mean - target) ** 2 + log_var).mean()
+    return heteroscedastic_terms(output, target).mean()
+
+
+def attention_entropies(attention: torch.Tensor) -> torch.Tensor:
+    """The entropy -sum_i w_i log w_i of each row of memory attention weights (..., slots) -> (...)."""
+    return -(attention * torch.log(attention + 1e-12)).sum(dim=-1)
 
 
 def attention_entropy(attention: torch.Tensor) -> torch.Tensor:
-    """Mean over the batch of the entropy -sum_i w_i log w_i of memory attention weights (B, slots)."""
-    return -(attention * torch.log(attention + 1e-12)).sum(dim=1).mean()
+    """Mean over the batch of the entropy of memory attention weights (B, slots)."""
+    return attention_entropies(attention).mean()
 
 
 class MSEObjective(nn.Module):

@@ -63,7 +63,7 @@ from typing import Callable
 import numpy as np
 
 from ..runtime.files import atomic_target, write_json_atomic
-from ..data.splits import SplitError, build_split, load_split, read_reference_split, save_split
+from ..data.splits import FORMAT, SplitError, build_split, some_of, load_split, read_reference_split, save_split
 
 __all__ = ["PreparationError", "PAPER_SIZES", "DATASETS", "MODALITY", "prepare", "main"]
 
@@ -127,12 +127,6 @@ class Scan:
 
 # ----------------------------------------------------------------------------------------------
 # small helpers
-
-
-def _some(items: list, n: int = MAX_LISTED) -> str:
-    items = [str(i) for i in items]
-    head = "; ".join(items[:n])
-    return head + (f"; and {len(items) - n} more" if len(items) > n else "")
 
 
 def _child(parent: Path, name: str, what: str, hint: str = "") -> Path:
@@ -508,7 +502,7 @@ def _from_reference(path, items, dst_of, n_unlabeled, anomaly_rate, resample_see
                     problems.append(f"{ref_name!r} ({name}) not found in the source")
     if problems:
         raise PreparationError(f"reference split {path}: {len(problems)} listed image(s) cannot be used: "
-                               + _some(problems))
+                               + some_of(problems, MAX_LISTED))
     for name in out:
         out[name].sort(key=lambda e: e["image"])
     meta = dict(split.meta)
@@ -598,7 +592,7 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
         extra = ("" if reference_split is not None else
                  "; rerun with --skip-unreadable to leave them out and draw again")
         raise PreparationError(f"{len(bad)} image(s) could not be read (listed in {out / 'prepare_report.json'})"
-                               f"{extra}: " + _some(listed))
+                               f"{extra}: " + some_of(listed, MAX_LISTED))
 
     generator = {"program": "scripts.tools.preparation", "dataset": dataset, "size": size, "channels": channels,
                  "source": str(root)}
@@ -615,7 +609,7 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
                     f"{os.path.abspath(reference_split)}"
                     + (f", resampled with seed {resample_seed}" if resample_seed is not None else
                        f", D_u = first {sizes['n_unlabeled']} at anomaly rate {anomaly_rate}"))
-            d = {"format": "ddad-split/1", "description": desc, "anomaly_rate": meta.get("anomaly_rate"), **sets}
+            d = {"format": FORMAT, "description": desc, "anomaly_rate": meta.get("anomaly_rate"), **sets}
             if resample_seed is not None:
                 d["seed"] = resample_seed
             pools = None
@@ -627,7 +621,7 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
                 _write_report(out, report, stats)
                 raise PreparationError(f"{len(missing)} image(s) named in the label file are missing under {root}; "
                                        "rerun with --skip-unreadable to leave them out: "
-                                       + _some([it.rel for it in missing]))
+                                       + some_of([it.rel for it in missing], MAX_LISTED))
             desc = (f"{TITLES[dataset]}: {scan.description}; drawn by scripts.tools.preparation with seed {seed}")
             d, n_pool_n, n_pool_a, attempts = _draw(scan.items, dst_of, sizes, anomaly_rate, seed, desc,
                                                     {it.source for it in missing}, convert, skip_unreadable, refuse)
