@@ -65,3 +65,15 @@ def test_publishing_a_score_the_run_lacks_is_refused():
         eval_metric_entries(METRICS, "demo", ["R_intra"])
     with pytest.raises(FileNotFoundError, match="evaluating"):
         publish_eval_metrics("/nonexistent/metrics.json", "/nonexistent/metadata.json", "demo")
+
+
+def test_no_bundle_module_imports_the_command_line_or_the_deploy_app():
+    import ast
+
+    offenders = []
+    for path in sorted((BUNDLE_ROOT / "scripts").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(BUNDLE_ROOT)}: {n}" for n in names if n.startswith("ddad_bundle")]
+    assert not offenders, offenders

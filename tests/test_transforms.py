@@ -19,6 +19,7 @@ from scripts.data.readers import (
     LoadMaskd,
     LoadMedicalImage,
     LoadMedicalImaged,
+    MedicalImageReader,
     ScaleToSymmetricRange,
     ScaleToSymmetricRanged,
     detect_format,
@@ -353,3 +354,20 @@ def test_transforms_pickle_and_missing_keys(tmp_path):
     assert pickle.loads(pickle.dumps(LoadMask(threshold=10)))(path).shape == (1, 5, 5)
     with pytest.raises(KeyError):
         LoadMedicalImaged(keys="image")({"label": 1})
+
+
+def test_the_reader_works_inside_monai_load_image(tmp_path):
+    from monai.transforms import LoadImage, LoadImaged
+
+    rgb = RNG.integers(0, 256, size=(6, 7, 3)).astype(np.uint8)
+    path = write_png(tmp_path / "rgb.png", rgb)
+    ours = LoadMedicalImaged(keys="image", channels=3)({"image": str(path)})["image"]
+    # MONAI's own transforms, the reader named as a config would name it, or given as an object
+    named = LoadImaged(keys="image", reader="scripts.data.readers.MedicalImageReader", channels=3)({"image": str(path)})
+    given = LoadImage(reader=MedicalImageReader(channels=3), image_only=True)(str(path))
+    for image in (named["image"], given):
+        assert torch.equal(image.as_tensor(), ours.as_tensor())
+        assert image.meta["source_format"] == "png" and image.meta["filename_or_obj"] == str(path)
+    assert MedicalImageReader().verify_suffix("a.nii.gz") and not MedicalImageReader().verify_suffix("a.txt")
+    with pytest.raises(ValueError, match="one 2D image per call"):
+        MedicalImageReader().read([str(path), str(path)])

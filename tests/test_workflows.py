@@ -25,6 +25,10 @@ ABSENT = {
     # stage 1 steps each member on its own batch with its objective: there is no inferer
     "training": ["train_inferer"],
     "training_asr": ["train_inferer"],
+    # new images are scored by scripts.engines.inference.FolderScorer, not by a MONAI evaluator
+    # over a dataset; the key `dataset` names the data set the model was trained on
+    "inferring": ["dataset", "evaluator", "inferer"],
+    "exporting": ["dataset", "evaluator", "inferer"],
 }
 # Model-zoo properties a workflow holds under another key (documented aliases), and why.
 ALIASES = {
@@ -103,3 +107,17 @@ def test_evaluating_has_the_model_zoo_infer_properties(cxr_run):
     assert len(flow.dataset_data) == 40 and {e["label"] for e in flow.dataset_data} == {0, 1}
     assert callable(flow.network_def) and flow.evaluator.inferer is flow.inferer
     assert [type(h).__name__ for h in flow.handlers] == ["ScoreReport", "HtmlReport"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workflow", ["inferring", "exporting"])
+def test_inference_workflows_have_the_model_zoo_infer_properties(cxr_run, workflow):
+    from monai.transforms import Compose, Invertd
+
+    runs_dir, _ = cxr_run
+    flow = build(workflow, "infer", runs_dir=str(runs_dir), image_size=32)
+    assert flow.check_properties() == []
+    assert flow.dataset_dir == str(runs_dir / "data" / "cxr_phantom")
+    assert isinstance(flow.postprocessing, Compose)
+    assert any(isinstance(t, Invertd) for t in flow.postprocessing.transforms)
+    assert callable(flow.network_def) and flow.preprocessing is not None

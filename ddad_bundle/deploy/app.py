@@ -43,9 +43,9 @@ class DDADDeployApp(Application):
         app_context = Application.init_app_context(self.argv)
         input_path, output_path = Path(app_context.input_path), Path(app_context.output_path)
         logger.info("input %s, output %s, model %s", input_path, output_path, app_context.model_path)
-        loader = ImageFolderLoaderOperator(self, CountCondition(self, 1), input_path=input_path, name="loader")
+        loader = ImageFolderLoaderOperator(self, CountCondition(self, 1), folder=input_path, name="loader")
         scorer = BundleInferenceOperator(self, app_context=app_context, name="ddad_inference")
-        writer = ResultWriterOperator(self, output_path=output_path, name="writer")
+        writer = ResultWriterOperator(self, folder=output_path, name="writer")
         self.add_flow(loader, scorer, {("items", "items")})
         self.add_flow(scorer, writer, {("results", "results")})
 

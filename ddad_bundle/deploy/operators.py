@@ -88,18 +88,22 @@ def classify(path: Path) -> dict:
     return item
 
 
-class ImageFolderLoaderOperator(Operator):
-    """Source operator: classifies the input files (see the module docstring); emits ``items``."""
+class _FolderOperator(Operator):
+    """An operator bound to one folder of the application: its input or its output."""
 
-    def __init__(self, fragment: Fragment, *args, input_path, **kwargs):
-        self.input_path = Path(input_path)
+    def __init__(self, fragment: Fragment, *args, folder, **kwargs):
+        self.folder = Path(folder)
         super().__init__(fragment, *args, **kwargs)
+
+
+class ImageFolderLoaderOperator(_FolderOperator):
+    """Source operator: classifies the input files (see the module docstring); emits ``items``."""
 
     def setup(self, spec: OperatorSpec):
         spec.output("items")
 
     def compute(self, op_input, op_output, context):
-        items = [classify(p) for p in list_input_files(self.input_path)]
+        items = [classify(p) for p in list_input_files(self.folder)]
         for item in items:
             if item["status"] != "ok":
                 logger.warning("%s: not scored: %s", item["path"], item["reason"])
@@ -153,7 +157,7 @@ class BundleScorer:
         loaders = [t for t in preprocessing.transforms if isinstance(t, LoadMedicalImaged)]
         if not loaders:
             raise ValueError(f"{self.model_path}: the embedded 'preprocessing' has no LoadMedicalImaged loader")
-        self.loader = loaders[0].transform  # the training loader with the run's settings
+        self.loader = loaders[0]  # the training loader with the run's settings
         self.array_chain = self.parser.get_parsed_content("array_preprocessing")
         self.postprocessing = self.parser.get_parsed_content("postprocessing")
         self.threshold = float(self.parser.get_parsed_content("decision_threshold"))
@@ -163,7 +167,7 @@ class BundleScorer:
     @torch.no_grad()
     def score(self, path) -> dict:
         """{"score", "label", "map" (H, W) at the input's resolution, "image" (H, W) for display}."""
-        raw = self.loader(str(path))
+        raw = self.loader({"image": str(path)})["image"]
         data = self.array_chain({"image": raw})
         pred = self.network(data["image"][None].float().to(self.device))[0].cpu()
         out = self.postprocessing({"pred": pred, "image": data["image"]})
@@ -265,15 +269,11 @@ def write_results(results: list[dict], output_dir) -> dict:
     return summary
 
 
-class ResultWriterOperator(Operator):
+class ResultWriterOperator(_FolderOperator):
     """Sink operator: writes the results (see ``write_results``)."""
-
-    def __init__(self, fragment: Fragment, *args, output_path, **kwargs):
-        self.output_path = Path(output_path)
-        super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec):
         spec.input("results")
 
     def compute(self, op_input, op_output, context):
-        write_results(op_input.receive("results"), self.output_path)
+        write_results(op_input.receive("results"), self.folder)

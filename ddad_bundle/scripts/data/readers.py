@@ -1,7 +1,9 @@
-"""Image loading and intensity transforms for DDAD, as MONAI transforms.
+"""Image loading and intensity transforms for DDAD: a MONAI ``ImageReader`` and MONAI transforms.
 
 What this module does
 ---------------------
+* ``MedicalImageReader`` is a MONAI ``ImageReader``; ``LoadMedicalImage(d)`` and ``LoadMask(d)``
+  are MONAI's ``LoadImage(d)`` with it, so any MONAI ``LoadImage(d)`` can read these files too.
 * Reads one 2D image from PNG, JPEG, DICOM or NIfTI (``.nii`` / ``.nii.gz``) into a float32
   ``MetaTensor`` of shape ``(C, H, W)``: ``C = 1`` (grayscale, the default) or ``C = 3`` (RGB).
   ``meta["filename_or_obj"]`` keeps the source path; ``meta["source_format"]`` says which reader ran.
@@ -55,19 +57,22 @@ torch.Size([1, 64, 64])
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gzip
 import logging
 import os
-from collections.abc import Hashable, Mapping
+import warnings
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.data import MetaTensor
-from monai.transforms import MapTransform, Transform
-from monai.utils import TransformBackends
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import LoadImage, LoadImaged, MapTransform, Transform
+from monai.utils import TransformBackends, ensure_tuple
 
 __all__ = [
     "ImageLoadError",
@@ -78,6 +83,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "to_nifti_orientation",
+    "MedicalImageReader",
     "LoadMedicalImage",
     "LoadMedicalImaged",
     "LoadMask",
@@ -505,49 +511,20 @@ def read_image_array(
     return arr, fmt
 
 
-def load_image(
-    path: PathLike,
-    channels: int = 1,
-    nifti_slice: NiftiSlice = "middle",
-    voi_window: bool = True,
-    robust_clip: bool = False,
-) -> MetaTensor:
-    """Read one 2D image as a float32 ``MetaTensor`` ``(channels, H, W)``; see the module doc."""
-    channels = _check_channels(channels)
-    arr, fmt = read_image_array(path, nifti_slice=nifti_slice, voi_window=voi_window, robust_clip=robust_clip)
-    chw = np.ascontiguousarray(_to_channels(arr, channels), dtype=np.float32)
-    meta = {
-        "filename_or_obj": str(path),
-        "source_format": fmt,
-        "source_channels": 1 if arr.ndim == 2 else 3,
-        "spatial_shape": np.asarray(chw.shape[1:]),
-        "original_channel_dim": 0,
-    }
-    return MetaTensor(torch.from_numpy(chw), meta=meta)
-
-
-def load_mask(path: PathLike, threshold: float = 0.0, nifti_slice: NiftiSlice = "middle") -> MetaTensor:
-    """Read a lesion mask as ``(1, H, W)`` float32 in {0, 1}: 1 where the gray value > threshold.
-
-    DICOM masks are read without a VOI window (a display window means nothing for labels).
-    """
-    img = load_image(path, channels=1, nifti_slice=nifti_slice, voi_window=False)
-    return (img > threshold).to(torch.float32)
-
-
 # --------------------------------------------------------------------------------------------
-# MONAI transforms
+# MONAI reader and loading transforms
 # --------------------------------------------------------------------------------------------
 
 
-def _check_path_input(value: Any, owner: str) -> PathLike:
-    if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"{owner} expects a file path (str or os.PathLike), got {type(value).__name__}")
-    return value
+class MedicalImageReader(ImageReader):
+    """MONAI ``ImageReader`` for one 2D PNG, JPEG, DICOM or NIfTI image (see the module doc).
 
-
-class LoadMedicalImage(Transform):
-    """Path -> ``(C, H, W)`` float32 ``MetaTensor`` (PNG, JPEG, DICOM, NIfTI); see the module doc.
+    ``read`` decodes the file in its native layout (format from the content, checks, DICOM
+    intensities, the NIfTI slice); ``get_data`` gives ``(channels, H, W)`` float32 and the meta
+    data. ``LoadImage(reader=MedicalImageReader(...))`` and ``LoadImaged(keys, reader=
+    "scripts.data.readers.MedicalImageReader", channels=3)`` use it as any MONAI reader;
+    ``LoadMedicalImage(d)`` passes it as LoadImage's runtime reader, so a bad file raises its
+    ``ImageLoadError`` (naming the file) rather than LoadImage's summary of every reader it tried.
 
     Args:
         channels: 1 (grayscale, RGB by luminance) or 3 (RGB, grayscale replicated).
@@ -556,26 +533,123 @@ class LoadMedicalImage(Transform):
         robust_clip: DICOM without an applied window: clip to the 0.5 / 99.5 percentiles.
     """
 
-    def __init__(
-        self,
-        channels: int = 1,
-        nifti_slice: NiftiSlice = "middle",
-        voi_window: bool = True,
-        robust_clip: bool = False,
-    ) -> None:
+    def __init__(self, channels: int = 1, nifti_slice: NiftiSlice = "middle", voi_window: bool = True,
+                 robust_clip: bool = False) -> None:
+        super().__init__()
         self.channels = _check_channels(channels)
         self.nifti_slice = _check_nifti_slice(nifti_slice)
         self.voi_window = _check_bool("voi_window", voi_window)
         self.robust_clip = _check_bool("robust_clip", robust_clip)
 
-    def __call__(self, path: PathLike) -> MetaTensor:
-        return load_image(
-            _check_path_input(path, type(self).__name__),
-            channels=self.channels,
-            nifti_slice=self.nifti_slice,
-            voi_window=self.voi_window,
-            robust_clip=self.robust_clip,
-        )
+    def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
+        return all(_extension(Path(f)) in SUPPORTED_EXTENSIONS for f in ensure_tuple(filename))
+
+    def read(self, data: Sequence[PathLike] | PathLike, **kwargs) -> tuple[np.ndarray, str]:
+        """``((H, W) or (H, W, 3) float32, format name)`` of one file."""
+        paths = ensure_tuple(data)
+        if len(paths) != 1:
+            raise ValueError(f"{type(self).__name__} reads one 2D image per call, got {len(paths)} files")
+        return read_image_array(paths[0], self.nifti_slice, self.voi_window, self.robust_clip)
+
+    def get_data(self, img: tuple[np.ndarray, str]) -> tuple[np.ndarray, dict]:
+        arr, fmt = img
+        chw = np.ascontiguousarray(_to_channels(arr, self.channels), dtype=np.float32)
+        meta = {"source_format": fmt, "source_channels": 1 if arr.ndim == 2 else 3,
+                "spatial_shape": np.asarray(chw.shape[1:]), "original_channel_dim": 0}
+        return chw, meta
+
+
+@contextlib.contextmanager
+def _quiet_default_readers():
+    """LoadImage also builds MONAI's default readers, which these loaders never call; their DICOM
+    reader reports on every construction that a GPU decoder plug-in is absent (a warning and a log line)."""
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nvImageCodec", category=UserWarning)
+            yield
+    finally:
+        plugin_log.setLevel(level)
+
+
+def _check_path_input(value: Any, owner: str) -> PathLike:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{owner} expects a file path (str or os.PathLike), got {type(value).__name__}")
+    return value
+
+
+class LoadMedicalImage(LoadImage):
+    """Path -> ``(C, H, W)`` float32 ``MetaTensor``: MONAI's ``LoadImage`` with a
+    ``MedicalImageReader`` (its arguments are this transform's; see there)."""
+
+    def __init__(self, channels: int = 1, nifti_slice: NiftiSlice = "middle", voi_window: bool = True,
+                 robust_clip: bool = False) -> None:
+        self.medical_reader = MedicalImageReader(channels, nifti_slice, voi_window, robust_clip)
+        with _quiet_default_readers():
+            super().__init__(reader=self.medical_reader, image_only=True, dtype=np.float32, expanduser=False)
+
+    @property
+    def channels(self) -> int:
+        return self.medical_reader.channels
+
+    def __call__(self, filename: PathLike, reader: ImageReader | None = None) -> MetaTensor:
+        _check_path_input(filename, type(self).__name__)
+        return super().__call__(filename, reader or self.medical_reader)
+
+
+class LoadMask(LoadMedicalImage):
+    """Path -> binary lesion mask ``(1, H, W)`` float32 in {0, 1} (values > ``threshold`` = 1).
+
+    Read as grayscale and, for DICOM, without a VOI window (a display window means nothing for labels).
+    """
+
+    def __init__(self, threshold: float = 0.0, nifti_slice: NiftiSlice = "middle") -> None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        super().__init__(channels=1, nifti_slice=nifti_slice, voi_window=False)
+        self.threshold = float(threshold)
+
+    def __call__(self, filename: PathLike, reader: ImageReader | None = None) -> MetaTensor:
+        return (super().__call__(filename, reader) > self.threshold).to(torch.float32)
+
+
+def load_image(path: PathLike, channels: int = 1, nifti_slice: NiftiSlice = "middle", voi_window: bool = True,
+               robust_clip: bool = False) -> MetaTensor:
+    """Read one 2D image as a float32 ``MetaTensor`` ``(channels, H, W)``; see the module doc."""
+    return _loader(channels, nifti_slice, voi_window, robust_clip)(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _loader(channels, nifti_slice, voi_window, robust_clip) -> LoadMedicalImage:
+    # one loader per setting: building a LoadImage builds MONAI's default readers too (about 6 ms)
+    return LoadMedicalImage(channels, nifti_slice, voi_window, robust_clip)
+
+
+def load_mask(path: PathLike, threshold: float = 0.0, nifti_slice: NiftiSlice = "middle") -> MetaTensor:
+    """Read a lesion mask as ``(1, H, W)`` float32 in {0, 1}: 1 where the gray value > threshold."""
+    return LoadMask(threshold, nifti_slice)(path)
+
+
+class LoadMedicalImaged(LoadImaged):
+    """Dictionary version of :class:`LoadMedicalImage` (MONAI's ``LoadImaged`` with its loader)."""
+
+    def __init__(self, keys: KeysCollection, channels: int = 1, nifti_slice: NiftiSlice = "middle",
+                 voi_window: bool = True, allow_missing_keys: bool = False, robust_clip: bool = False) -> None:
+        with _quiet_default_readers():  # LoadImaged builds a default LoadImage, replaced here
+            super().__init__(keys, image_only=True, allow_missing_keys=allow_missing_keys)
+        self._loader = LoadMedicalImage(channels, nifti_slice, voi_window, robust_clip)
+
+
+class LoadMaskd(LoadImaged):
+    """Dictionary version of :class:`LoadMask`."""
+
+    def __init__(self, keys: KeysCollection, threshold: float = 0.0, nifti_slice: NiftiSlice = "middle",
+                 allow_missing_keys: bool = False) -> None:
+        with _quiet_default_readers():  # LoadImaged builds a default LoadImage, replaced here
+            super().__init__(keys, image_only=True, allow_missing_keys=allow_missing_keys)
+        self._loader = LoadMask(threshold, nifti_slice)
 
 
 class _PerKey(MapTransform):
@@ -588,51 +662,6 @@ class _PerKey(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.transform(d[key])
         return d
-
-
-class LoadMedicalImaged(_PerKey):
-    """Dictionary version of :class:`LoadMedicalImage`: replaces each path under ``keys``."""
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        channels: int = 1,
-        nifti_slice: NiftiSlice = "middle",
-        voi_window: bool = True,
-        allow_missing_keys: bool = False,
-        robust_clip: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.transform = LoadMedicalImage(channels, nifti_slice, voi_window, robust_clip)
-
-
-
-class LoadMask(Transform):
-    """Path -> binary lesion mask ``(1, H, W)`` float32 in {0, 1} (values > ``threshold`` = 1)."""
-
-    def __init__(self, threshold: float = 0.0, nifti_slice: NiftiSlice = "middle") -> None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not np.isfinite(threshold):
-            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
-        self.threshold = float(threshold)
-        self.nifti_slice = _check_nifti_slice(nifti_slice)
-
-    def __call__(self, path: PathLike) -> MetaTensor:
-        return load_mask(_check_path_input(path, type(self).__name__), self.threshold, self.nifti_slice)
-
-
-class LoadMaskd(_PerKey):
-    """Dictionary version of :class:`LoadMask`."""
-
-    def __init__(
-        self,
-        keys: KeysCollection,
-        threshold: float = 0.0,
-        nifti_slice: NiftiSlice = "middle",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, allow_missing_keys)
-        self.transform = LoadMask(threshold, nifti_slice)
-
 
 
 class ScaleToSymmetricRange(Transform):
