@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Sequence
+from typing import Callable, Dict, Iterable, Optional, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -318,21 +318,29 @@ class FolderScorer:
     def run(self, inputs: Iterable, out_dir) -> dict:
         """Score every file; returns the summary also written as ``summary.json``."""
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for path in list_inputs(inputs):
-            try:
-                rows.append(self.score_file(path, out_dir))
-            except (ImageLoadError, ValueError, OSError, RuntimeError) as error:
-                logger.error("%s: not scored: %s", path, error)
-                rows.append({"file": str(path), "status": "error", "error": str(error)})
-        summary = {"score_name": self.score_name, "score_reason": self.reason, "threshold": self.threshold,
-                   "n_files": len(rows),
-                   "n_scored": sum(r["status"] == "ok" for r in rows),
-                   "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
-                   "n_errors": sum(r["status"] == "error" for r in rows), "files": rows}
-        write_json_atomic(summary, out_dir / "summary.json")
-        write_csv_atomic(rows, out_dir / "scores.csv", SUMMARY_COLUMNS, extrasaction="ignore")
-        print(f"scored {summary['n_scored']} of {summary['n_files']} files ({summary['n_abnormal']} abnormal, "
-              f"{summary['n_errors']} unreadable); results in {out_dir}")
-        return summary
+        return score_files(lambda path: self.score_file(path, out_dir), inputs, out_dir, SUMMARY_COLUMNS,
+                           {"score_name": self.score_name, "score_reason": self.reason, "threshold": self.threshold})
+
+
+def score_files(score_file: Callable[[Path], dict], inputs: Iterable, out_dir, columns, header: dict,
+                note: str = "") -> dict:
+    """``score_file`` on every input; a file that cannot be read is reported by name and the others
+    are still scored. Writes ``summary.json`` (``header``, counts, rows) and ``scores.csv``;
+    ``note`` is added to the printed line."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for path in list_inputs(inputs):
+        try:
+            rows.append(score_file(path))
+        except (ImageLoadError, ValueError, OSError, RuntimeError) as error:
+            logger.error("%s: not scored: %s", path, error)
+            rows.append({"file": str(path), "status": "error", "error": str(error)})
+    summary = {**header, "n_files": len(rows), "n_scored": sum(r["status"] == "ok" for r in rows),
+               "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
+               "n_errors": sum(r["status"] == "error" for r in rows), "files": rows}
+    write_json_atomic(summary, out_dir / "summary.json")
+    write_csv_atomic(rows, out_dir / "scores.csv", columns, extrasaction="ignore")
+    print(f"scored {summary['n_scored']} of {summary['n_files']} files ({summary['n_abnormal']} abnormal, "
+          f"{summary['n_errors']} unreadable){note}; results in {out_dir}")
+    return summary

@@ -33,9 +33,8 @@ from monai.engines import Evaluator
 from monai.data import MetaTensor
 
 from ..data.readers import ImageLoadError, LoadMedicalImage
-from ..runtime.files import write_csv_atomic, write_json_atomic
 from ..scoring.salad_pipeline import SaladPipeline
-from .inference import list_inputs, volume_slices, without_loading
+from .inference import score_files, volume_slices, without_loading
 
 logger = logging.getLogger("ddad")
 
@@ -117,22 +116,6 @@ class SaladScorer:
 
     def run(self, inputs: Iterable, out_dir) -> dict:
         """Score every file (an unreadable one is reported by name, the others still scored)."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
-        for path in list_inputs(inputs):
-            try:
-                rows.append(self.score_file(path))
-            except (ImageLoadError, ValueError, OSError, RuntimeError) as error:
-                logger.error("%s: not scored: %s", path, error)
-                rows.append({"file": str(path), "status": "error", "error": str(error)})
-        summary = {"method": "salad", "score_name": self.score_name, "threshold": self.threshold, "map": NO_MAP,
-                   "n_files": len(rows), "n_scored": sum(r["status"] == "ok" for r in rows),
-                   "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
-                   "n_errors": sum(r["status"] == "error" for r in rows), "files": rows}
-        write_json_atomic(summary, out_dir / "summary.json")
-        write_csv_atomic(rows, out_dir / "scores.csv", COLUMNS, extrasaction="ignore")
-        print(f"scored {summary['n_scored']} of {summary['n_files']} files ({summary['n_abnormal']} abnormal, "
-              f"{summary['n_errors']} unreadable) with SALAD's {self.score_name}; no anomaly maps (image-level "
-              f"score); results in {out_dir}")
-        return summary
+        header = {"method": "salad", "score_name": self.score_name, "threshold": self.threshold, "map": NO_MAP}
+        return score_files(self.score_file, inputs, out_dir, COLUMNS, header,
+                           note=f" with SALAD's {self.score_name}; no anomaly maps (image-level score)")
