@@ -12,7 +12,7 @@ from monai.bundle import ConfigParser
 
 from conftest import BUNDLE_ROOT
 from scripts.runtime.config_guard import ConfigKeyError, check_overrides, known_keys, parse_overrides, parse_run_argv
-from scripts.runtime.workflows import WORKFLOW_CONFIGS, config_files_for
+from scripts.runtime.workflows import SALAD_WORKFLOW_CONFIGS, WORKFLOW_CONFIGS, config_files_for
 
 CONFIGS = BUNDLE_ROOT / "configs"
 WORKFLOWS = WORKFLOW_CONFIGS
@@ -28,13 +28,14 @@ def parser_for(files, **overrides):
 REFERENCE = re.compile(r"[@%]([A-Za-z_][\w#]*)")
 
 
-OVERLAYS = [(w, o) for w in sorted(WORKFLOW_CONFIGS) for o in (None, "demo.json", "datasets/folder.json")]
-OVERLAYS.append(("training", "multi_gpu_train.json"))  # the torchrun overlay is for stage 1
+OVERLAYS = [("ddad", w, o) for w in sorted(WORKFLOW_CONFIGS) for o in (None, "demo.json", "datasets/folder.json")]
+OVERLAYS.append(("ddad", "training", "multi_gpu_train.json"))  # the torchrun overlay is for stage 1
+OVERLAYS += [("salad", w, None) for w in sorted(SALAD_WORKFLOW_CONFIGS)]
 
 
-@pytest.mark.parametrize("workflow,overlay", OVERLAYS)
-def test_every_reference_names_a_key_the_workflow_defines(workflow, overlay):
-    files = config_files_for(workflow, [CONFIGS / overlay] if overlay else None)
+@pytest.mark.parametrize("method,workflow,overlay", OVERLAYS)
+def test_every_reference_names_a_key_the_workflow_defines(method, workflow, overlay):
+    files = config_files_for(workflow, [CONFIGS / overlay] if overlay else None, method)
     merged = ConfigParser.load_config_files(files)
     known = known_keys(files)
     dangling = sorted({ref for text in _strings(merged) for ref in REFERENCE.findall(text)} - known)

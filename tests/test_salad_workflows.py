@@ -151,6 +151,6 @@ def test_salad_configs_stack_on_common_and_reject_a_mistyped_key(tmp_path):
     assert net.to_embedding.out_features == 200 and net.image_size == 64
     assert parser["salad_k"] == 100 and parser["salad_tau"] == 0.1 and parser["salad_weight"] == 0.25
     assert len(parser["salad_neighbours"]) == 10 and parser["salad_pretrain_epochs"] == 50
-    with pytest.raises(SystemExit, match="unknown salad workflow 'training_asr'"):
+    with pytest.raises(ValueError, match="unknown salad workflow 'training_asr'"):
         run_workflow("training_asr", {}, method="salad")
     assert cli_main(["fit", "--method", "salad", "--runs_dir", str(tmp_path), "--salad_kk", "3"]) == 2
