@@ -69,7 +69,8 @@ def load_run(run_dir: Path):
 
 def train(argv) -> int:
     """Stage 2 + evaluation on a stage-1 cell with extra overrides; prints the metrics table."""
-    from ddad_bundle.cli import parse_overrides, run_workflows
+    from scripts.runtime.config_guard import parse_overrides
+    from scripts.runtime.workflows import run_workflows
 
     ap = argparse.ArgumentParser()
     ap.add_argument("cell", help="the runs_dir of a finished stage-1 run (an experiment cell or e.g. runs/demo)")
