@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 MODALITY ?= cxr
 EPOCHS ?=
+# ddad (default) or salad (ddad_bundle/docs/salad.md)
+METHOD ?= ddad
 DEPLOY ?=
 
 .PHONY: demo test test-fast lint bench env dev-env deploy-env clean-runs
@@ -34,7 +36,7 @@ $(VENV)/.deploy: $(VENV)/.installed
 	touch $@
 
 demo: env
-	$(PY) -m ddad_bundle demo --modality $(MODALITY) $(if $(EPOCHS),--epochs $(EPOCHS),)
+	$(PY) -m ddad_bundle demo --modality $(MODALITY) $(if $(EPOCHS),--epochs $(EPOCHS),) --method $(METHOD)
 
 # Everything: unit tests and the end-to-end runs that train networks (marker `slow`).
 test: dev-env deploy-env

@@ -6,9 +6,14 @@
 - ``backbones`` (same paper, Table 3): AE, MemAE and AE-U at one AR (default 0.6); AUC of the six
   scores A_rec, A_rec_ensemble, A_intra, A_inter, R_intra, R_dual. Writes ``<out>/backbones.csv``
   and ``.md``.
+- ``compare``: DDAD (one backbone) and SALAD (docs/salad.md) trained on one split, every score of
+  both and the trivial baselines (``scripts.tools.baselines``: mean intensity, intensity std, L2
+  to the mean normal) on the same test images in one table: ``<out>/compare.csv``, ``.md``.
+- ``ar_sweep --method salad``: the sweep with SALAD cells (scores A_knn, A_mse), e.g. at the SALAD
+  paper's rates 0, 5, 10, 15%.
 
 Each cell (one AR or backbone, one seed) is a complete bundle run, ``training``, ``training_asr``
-and ``evaluating`` through ``scripts.runtime.workflows.run_workflows`` with the dataset's config
+and ``evaluating`` (SALAD cells: its ``training`` and ``evaluating``) through ``scripts.runtime.workflows.run_workflows`` with the dataset's config
 (``configs/datasets/<name>.json``), in its own folder ``<out>/cells/<cell>/``; its AUCs are read
 from ``eval/metrics.json``. A cell whose ``metrics.json`` exists is not run again, and an
 interrupted cell resumes from the bundle's own checkpoints, so rerunning a command loses no
