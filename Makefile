@@ -46,9 +46,10 @@ test: dev-env deploy-env
 test-fast: dev-env
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2 -m "not slow" tests
 
-# Lint (rules in pyproject.toml); CI runs it before the tests.
+# Lint (rules in pyproject.toml) and the formatter's check (`ruff format` fixes it); CI runs both before the tests.
 lint: dev-env
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 # Training and inference speed on this machine: JSON + table into ddad_bundle/docs/performance.md.
 bench: env

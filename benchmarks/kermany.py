@@ -92,10 +92,19 @@ def summary_rows(table: dict, base: dict) -> list[dict]:
     rows = []
     for row in table["rows"]:
         for b in table["backbones"]:
-            rows.append({"score": row["score"], "backbone": b, "auc_mean": row[b], "auc_std": row[f"{b}_std"],
-                         "n_seeds": row[f"{b}_n_seeds"]})
-    rows += [{"score": f"baseline: {name}", "backbone": "", "auc_mean": round(auc, 6), "auc_std": "", "n_seeds": ""}
-             for name, auc in base.items()]
+            rows.append(
+                {
+                    "score": row["score"],
+                    "backbone": b,
+                    "auc_mean": row[b],
+                    "auc_std": row[f"{b}_std"],
+                    "n_seeds": row[f"{b}_n_seeds"],
+                }
+            )
+    rows += [
+        {"score": f"baseline: {name}", "backbone": "", "auc_mean": round(auc, 6), "auc_std": "", "n_seeds": ""}
+        for name, auc in base.items()
+    ]
     return rows
 
 
@@ -118,29 +127,42 @@ def main(argv=None) -> int:
 def run(opts, out: Path, overrides: dict) -> int:
     from scripts.runtime.files import write_csv_atomic, write_json_atomic, write_text_atomic
 
-    source = experiments.prepare("kermany", out, opts.data_dir, split_seed=opts.split_seed,
-                                 sizes={k: getattr(opts, k) for k in SIZE_KEYS + ("n_unlabeled",)})
+    source = experiments.prepare(
+        "kermany",
+        out,
+        opts.data_dir,
+        split_seed=opts.split_seed,
+        sizes={k: getattr(opts, k) for k in SIZE_KEYS + ("n_unlabeled",)},
+    )
     schedule = experiments.Schedule(opts.seeds, opts.epochs, opts.asr_epochs, overrides)
     start = time.time()
-    table = experiments.backbone_table(source, out, schedule, opts.backbones, seeds={"ae": opts.ae_seeds},
-                                       anomaly_rate=0.6, split_seed=opts.split_seed)
+    table = experiments.backbone_table(
+        source, out, schedule, opts.backbones, seeds={"ae": opts.ae_seeds}, anomaly_rate=0.6, split_seed=opts.split_seed
+    )
     table["backbones"] = opts.backbones
     elapsed = time.time() - start
     base = baselines(table["split_file"], overrides)
-    result = {"protocol": dict(source.sizes, anomaly_rate=0.6, split_seed=opts.split_seed, data=str(opts.data_dir)),
-              "schedule": schedule.settings(), "seeds": {b: (opts.ae_seeds if b == "ae" else opts.seeds)
-                                                         for b in opts.backbones},
-              "seconds_this_invocation": round(elapsed),
-              "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
-              "runs": table["results"], "summary": summary_rows(table, base), "baselines": base}
+    result = {
+        "protocol": dict(source.sizes, anomaly_rate=0.6, split_seed=opts.split_seed, data=str(opts.data_dir)),
+        "schedule": schedule.settings(),
+        "seeds": {b: (opts.ae_seeds if b == "ae" else opts.seeds) for b in opts.backbones},
+        "seconds_this_invocation": round(elapsed),
+        "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {platform.python_version()}",
+        "runs": table["results"],
+        "summary": summary_rows(table, base),
+        "baselines": base,
+    }
     write_json_atomic(result, out / "benchmark.json")
     write_csv_atomic(result["summary"], out / "benchmark.csv")
     baseline_table = "| baseline (same test images) | AUC |\n|---|---|\n" + "\n".join(
-        f"| {name} | {auc:.3f} |" for name, auc in base.items())
+        f"| {name} | {auc:.3f} |" for name, auc in base.items()
+    )
     md = (out / "backbones.md").read_text().rstrip("\n") + "\n\n" + baseline_table + "\n"
     write_text_atomic(out / "benchmark.md", md)
     print(md)
-    print(f"{elapsed:.0f} s; results in {out / 'benchmark.json'} ({', '.join(BACKBONE_NAMES[b] for b in opts.backbones)})")
+    print(
+        f"{elapsed:.0f} s; results in {out / 'benchmark.json'} ({', '.join(BACKBONE_NAMES[b] for b in opts.backbones)})"
+    )
     return 0
 
 

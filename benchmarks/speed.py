@@ -40,8 +40,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ddad_bundle"))
 sys.path.insert(0, str(ROOT))
 
-from scripts.engines.ensemble import (EnsembleTrainer, MemberBatches, MemberGroup, PerMemberTrainer,  # noqa: E402
-                              adam_optimizers, bf16_autocast, bf16_native, member_seeds, seeded_members)
+from scripts.engines.ensemble import (  # noqa: E402
+    EnsembleTrainer,
+    MemberBatches,
+    MemberGroup,
+    PerMemberTrainer,
+    adam_optimizers,
+    bf16_autocast,
+    bf16_native,
+    member_seeds,
+    seeded_members,
+)
 from scripts.scoring.losses import MSEObjective  # noqa: E402
 from scripts.networks.asr import ASRNet  # noqa: E402
 from scripts.networks.backbones import AE  # noqa: E402
@@ -95,8 +104,18 @@ def plain_loop(device, batch: int, size: int, steps: int, amp: bool, compiled: b
     return batch / timed(step, device, steps, warmup=3 if compiled else 2)
 
 
-def ensemble_run(kind: str, device, k: int, batch: int, size: int, steps: int, amp: bool, joint: bool = False,
-                 fused_adam: bool = False, **options) -> float:
+def ensemble_run(
+    kind: str,
+    device,
+    k: int,
+    batch: int,
+    size: int,
+    steps: int,
+    amp: bool,
+    joint: bool = False,
+    fused_adam: bool = False,
+    **options,
+) -> float:
     """Member-images/s of one epoch of ``steps`` iterations (after a warm-up run of 2 iterations).
 
     ``joint``: both modules in one loop, as the bundle trains them: K NDM members on a pool of
@@ -106,15 +125,21 @@ def ensemble_run(kind: str, device, k: int, batch: int, size: int, steps: int, a
     def group(module, n_batches):
         seeds = member_seeds(0, module, k)
         members = seeded_members(lambda: AE(1, size, 16), seeds)
-        return MemberGroup(module, members, adam_optimizers(members, fused=fused_adam),
-                           MemberBatches(pool(batch * n_batches, size), seeds, batch))
+        return MemberGroup(
+            module,
+            members,
+            adam_optimizers(members, fused=fused_adam),
+            MemberBatches(pool(batch * n_batches, size), seeds, batch),
+        )
 
     def build(n_batches):
         groups = [group("ndm", n_batches)] + ([group("udm", 2 * n_batches)] if joint else [])
         if kind == "per_member":
             g = groups[0]
             return PerMemberTrainer(device, 1, g.members, g.optimizers, MSEObjective(), g.data, amp=amp)
-        return EnsembleTrainer(device, 1, objective=MSEObjective(), groups=groups, amp=amp, ensemble_mode=kind, **options)
+        return EnsembleTrainer(
+            device, 1, objective=MSEObjective(), groups=groups, amp=amp, ensemble_mode=kind, **options
+        )
 
     build(2).run()  # warm-up: allocator, oneDNN primitives, CUDA context
     trainer = build(steps)
@@ -143,19 +168,31 @@ def stage1_training(device, args) -> list[dict]:
         row("plain PyTorch loop, one AE", "bf16" if amp else "float32", plain_loop(device, b, s, steps, amp))
     if args.compile:
         row("plain PyTorch loop, one AE, torch.compile", "float32", plain_loop(device, b, s, n, False, compiled=True))
-    row("per-member Ignite (SupervisedTrainer + DataLoader per member)", "float32",
-        ensemble_run("per_member", device, k, b, s, n, False))
+    row(
+        "per-member Ignite (SupervisedTrainer + DataLoader per member)",
+        "float32",
+        ensemble_run("per_member", device, k, b, s, n, False),
+    )
     for kind in ("sequential", "fused", "concurrent"):
         row(f"EnsembleTrainer, one module, {kind}", "float32", ensemble_run(kind, device, k, b, s, n, False))
-    row(f"EnsembleTrainer, one module, {default}, fused Adam", "float32",
-        ensemble_run(default, device, k, b, s, n, False, fused_adam=True))
-    row(f"EnsembleTrainer, one module, {default}, fused Adam, channels_last", "float32",
-        ensemble_run(default, device, k, b, s, n, False, fused_adam=True, channels_last=True))
+    row(
+        f"EnsembleTrainer, one module, {default}, fused Adam",
+        "float32",
+        ensemble_run(default, device, k, b, s, n, False, fused_adam=True),
+    )
+    row(
+        f"EnsembleTrainer, one module, {default}, fused Adam, channels_last",
+        "float32",
+        ensemble_run(default, device, k, b, s, n, False, fused_adam=True, channels_last=True),
+    )
     label = f"NDM + UDM in one loop, {default}, fused Adam" + (", channels_last" if cpu else "")
     for amp, steps in ((False, n), (True, n if amp_default else args.bf16_steps)):
         path = label + (" (bundle default)" if amp == amp_default else "")
-        row(path, "bf16" if amp else "float32",
-            ensemble_run(default, device, k, b, s, steps, amp, joint=True, fused_adam=True, channels_last=cpu))
+        row(
+            path,
+            "bf16" if amp else "float32",
+            ensemble_run(default, device, k, b, s, steps, amp, joint=True, fused_adam=True, channels_last=cpu),
+        )
     return rows
 
 
@@ -182,8 +219,13 @@ def asr_training(device, args) -> list[dict]:
         trainer.state.max_epochs = 2
         trainer.run()
         sync(torch.device(device))
-        rows.append({"path": "ASR-Net training (R_dual + R_intra, batch 8)", "precision": "bf16" if amp else "float32",
-                     "images_per_s": batch * steps / (time.perf_counter() - start)})
+        rows.append(
+            {
+                "path": "ASR-Net training (R_dual + R_intra, batch 8)",
+                "precision": "bf16" if amp else "float32",
+                "images_per_s": batch * steps / (time.perf_counter() - start),
+            }
+        )
     return rows
 
 
@@ -204,7 +246,10 @@ def inference(device, args) -> list[dict]:
 
     cases = [
         ("stage 1: 2K AEs + maps, one member after another", looped_stage1),
-        ("stage 1: 2K AEs + maps, fused (DDADPipeline.stage1 + maps)", lambda x: discrepancy_maps(x, *pipeline.stage1(x))),
+        (
+            "stage 1: 2K AEs + maps, fused (DDADPipeline.stage1 + maps)",
+            lambda x: discrepancy_maps(x, *pipeline.stage1(x)),
+        ),
         ("full pipeline, all scores (DDADPipeline: both ASR-Nets)", pipeline),
         ("full pipeline, deployed (TorchScript DeployedPipeline: R_dual)", deployed),
         ("full pipeline, deployed, frozen + optimized at load (the MONAI Deploy app)", optimized),
@@ -214,13 +259,21 @@ def inference(device, args) -> list[dict]:
         for name, fn in cases:
             per_batch = timed(lambda fn=fn: fn(batch), device, args.infer_repeats)
             latency = timed(lambda fn=fn: fn(one), device, args.infer_repeats * 4)
-            rows.append({"path": name, "precision": "float32", "images_per_s": args.infer_batch / per_batch,
-                         "latency_ms": 1000 * latency})
+            rows.append(
+                {
+                    "path": name,
+                    "precision": "float32",
+                    "images_per_s": args.infer_batch / per_batch,
+                    "latency_ms": 1000 * latency,
+                }
+            )
         name, fn = cases[1]  # eager (autocast does not reach into TorchScript); one pass: slow without bf16 units
         repeats = args.infer_repeats if bf16_native(device) else 1
         with bf16_autocast(True, device):
             per_batch = timed(lambda: fn(batch), device, repeats, warmup=1)
-        rows.append({"path": name, "precision": "bf16", "images_per_s": args.infer_batch / per_batch, "latency_ms": None})
+        rows.append(
+            {"path": name, "precision": "bf16", "images_per_s": args.infer_batch / per_batch, "latency_ms": None}
+        )
     return rows
 
 
@@ -228,8 +281,13 @@ def end_to_end(device, args) -> dict:
     """Wall time of the bundle's training + training_asr workflows on the CXR phantoms."""
     from scripts.runtime.workflows import run_workflows
 
-    overrides = {"epochs": args.e2e_epochs, "asr_epochs": args.e2e_asr_epochs, "progress_bar": False,
-                 "modality": "cxr", "device": f"$torch.device('{device}')"}
+    overrides = {
+        "epochs": args.e2e_epochs,
+        "asr_epochs": args.e2e_asr_epochs,
+        "progress_bar": False,
+        "modality": "cxr",
+        "device": f"$torch.device('{device}')",
+    }
     with tempfile.TemporaryDirectory() as runs_dir:
         overrides["runs_dir"] = runs_dir
         # The phantoms are generated (the config's defaults) before the clock starts: this times training.
@@ -237,9 +295,13 @@ def end_to_end(device, args) -> dict:
         start = time.perf_counter()
         run_workflows(["training", "training_asr"], overrides)
         seconds = time.perf_counter() - start
-    return {"stage1_epochs": args.e2e_epochs, "stage2_epochs": args.e2e_asr_epochs, "seconds": seconds,
-            "data": "CXR phantoms: D_n 400 training + 40 validation normals, D_u 400 (AR 60%), 64x64; "
-                    "batch 64 (stage 1), 8 (stage 2); K = 3 per module"}
+    return {
+        "stage1_epochs": args.e2e_epochs,
+        "stage2_epochs": args.e2e_asr_epochs,
+        "seconds": seconds,
+        "data": "CXR phantoms: D_n 400 training + 40 validation normals, D_u 400 (AR 60%), 64x64; "
+        "batch 64 (stage 1), 8 (stage 2); K = 3 per module",
+    }
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -256,15 +318,26 @@ def machine(device) -> dict:
         pass
     flags = set()
     try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("flags")).split(":", 1)[1].split())
+        flags = set(
+            next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+            .split(":", 1)[1]
+            .split()
+        )
     except (OSError, StopIteration):
         pass
     vector = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    info = {"cpu": cpu, "cpu_features": vector, "bf16_native": bf16_native(device),
-            "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "interop_threads": torch.get_num_interop_threads(), "python": platform.python_version(),
-            "device": str(device), "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
+    info = {
+        "cpu": cpu,
+        "cpu_features": vector,
+        "bf16_native": bf16_native(device),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "device": str(device),
+        "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -272,37 +345,57 @@ def machine(device) -> dict:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Measured {result['date']} with `{result['command']}`.", "",
-             f"Machine: {m['cpu']} ({', '.join(m.get('cpu_features', [])) or 'no AVX2'}; native bf16: "
-             f"{'yes' if m.get('bf16_native') else 'no'}), {m['cores']} cores, torch {m['torch']}, {m['threads']} intra-op threads, "
-             f"device `{m['device']}`" + (f" ({m['gpu']})" if "gpu" in m else "")
-             + f"; load average at start {m['load_average_at_start']:.1f}.", "",
-             f"Stage-1 training, {result['settings']['image_size']}x{result['settings']['image_size']}, "
-             f"K = {result['settings']['members']}, batch {result['settings']['batch_size']}, "
-             f"{result['settings']['steps']} iterations:", "",
-             "| path | precision | member-images/s | vs per-member Ignite | vs plain float32 loop |", "|---|---|---|---|---|"]
+    lines = [
+        f"Measured {result['date']} with `{result['command']}`.",
+        "",
+        f"Machine: {m['cpu']} ({', '.join(m.get('cpu_features', [])) or 'no AVX2'}; native bf16: "
+        f"{'yes' if m.get('bf16_native') else 'no'}), {m['cores']} cores, torch {m['torch']}, {m['threads']} intra-op threads, "
+        f"device `{m['device']}`"
+        + (f" ({m['gpu']})" if "gpu" in m else "")
+        + f"; load average at start {m['load_average_at_start']:.1f}.",
+        "",
+        f"Stage-1 training, {result['settings']['image_size']}x{result['settings']['image_size']}, "
+        f"K = {result['settings']['members']}, batch {result['settings']['batch_size']}, "
+        f"{result['settings']['steps']} iterations:",
+        "",
+        "| path | precision | member-images/s | vs per-member Ignite | vs plain float32 loop |",
+        "|---|---|---|---|---|",
+    ]
     rows = result["stage1_training"]
     base = next(r["member_images_per_s"] for r in rows if r["path"].startswith("per-member"))
-    plain = next(r["member_images_per_s"] for r in rows if r["path"].startswith("plain") and r["precision"] == "float32")
+    plain = next(
+        r["member_images_per_s"] for r in rows if r["path"].startswith("plain") and r["precision"] == "float32"
+    )
     for r in rows:
         v = r["member_images_per_s"]
         lines.append(f"| {r['path']} | {r['precision']} | {v:.0f} | {v / base:.2f}x | {v / plain:.2f}x |")
     lines += ["", "| stage 2 | precision | images/s |", "|---|---|---|"]
     lines += [f"| {r['path']} | {r['precision']} | {r['images_per_s']:.1f} |" for r in result["asr_training"]]
-    lines += ["", f"Inference, batch {result['settings']['infer_batch']} (latency: batch 1):", "",
-              "| path | precision | images/s | latency (ms/image) |", "|---|---|---|---|"]
+    lines += [
+        "",
+        f"Inference, batch {result['settings']['infer_batch']} (latency: batch 1):",
+        "",
+        "| path | precision | images/s | latency (ms/image) |",
+        "|---|---|---|---|",
+    ]
     for r in result["inference"]:
         latency = f"{r['latency_ms']:.1f}" if r["latency_ms"] is not None else "-"
         lines.append(f"| {r['path']} | {r['precision']} | {r['images_per_s']:.0f} | {latency} |")
     e2e = result.get("end_to_end")
     if e2e:
-        lines += ["", f"End to end (bundle workflows `training` + `training_asr`, default `ensemble_mode`): "
-                      f"{e2e['seconds']:.0f} s for {e2e['stage1_epochs']} stage-1 and {e2e['stage2_epochs']} stage-2 "
-                      f"epochs on {e2e['data']}."]
+        lines += [
+            "",
+            f"End to end (bundle workflows `training` + `training_asr`, default `ensemble_mode`): "
+            f"{e2e['seconds']:.0f} s for {e2e['stage1_epochs']} stage-1 and {e2e['stage2_epochs']} stage-2 "
+            f"epochs on {e2e['data']}.",
+        ]
     mem = result["peak_memory"]
-    lines += ["", f"Peak memory: RSS {mem['rss_mib']:.0f} MiB"
-              + (f", CUDA max allocated {mem['cuda_max_allocated_mib']:.0f} MiB" if "cuda_max_allocated_mib" in mem else "")
-              + "."]
+    lines += [
+        "",
+        f"Peak memory: RSS {mem['rss_mib']:.0f} MiB"
+        + (f", CUDA max allocated {mem['cuda_max_allocated_mib']:.0f} MiB" if "cuda_max_allocated_mib" in mem else "")
+        + ".",
+    ]
     return "\n".join(lines)
 
 
@@ -335,7 +428,9 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--e2e_epochs", type=int, default=5)
     parser.add_argument("--e2e_asr_epochs", type=int, default=2)
     parser.add_argument("--skip_end_to_end", action="store_true")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile on the plain loop (slow to build)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile on the plain loop (slow to build)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny settings to check that everything runs")
     args = parser.parse_args(argv)
     if args.quick:
@@ -352,9 +447,12 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-              "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "machine": machine(device), "settings": {k: v for k, v in vars(args).items() if k != "out"}}
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine(device),
+        "settings": {k: v for k, v in vars(args).items() if k != "out"},
+    }
     for name, fn in (("stage1_training", stage1_training), ("asr_training", asr_training), ("inference", inference)):
         print(f"measuring {name} ...", flush=True)
         result[name] = fn(device, args)

@@ -16,6 +16,7 @@ stage-2 settings, in a new folder whose ``models/`` links the cell's stage-1 wei
     .venv/bin/python benchmarks/stage2_study.py train CELL_DIR --out DIR [--key value ...]
         (e.g. --synthesis "['blob','intensity']" --synthesis_holdout fpi_unlabeled --asr_epochs 8)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,9 +62,11 @@ def load_run(run_dir: Path):
     ndm = load_members(net, run_dir / "models", "ndm", k)
     udm = load_members(net, run_dir / "models", "udm", k)
     extractor = MapExtractor(ndm, udm, parser.get_parsed_content("heteroscedastic"))
-    pools = {"train": cache_images(datalist(split.normal), prep, "normal"),
-             "validation": cache_images(datalist(split.validation), prep, "validation"),
-             "unlabeled": cache_images(datalist(split.unlabeled), prep, "unlabeled")}
+    pools = {
+        "train": cache_images(datalist(split.normal), prep, "normal"),
+        "validation": cache_images(datalist(split.validation), prep, "validation"),
+        "unlabeled": cache_images(datalist(split.unlabeled), prep, "unlabeled"),
+    }
     return extractor, pools
 
 
@@ -115,9 +118,14 @@ def main(argv=None):
                 altered, labels, _ = synth(images, opts.seed)
                 r = patch_response(extractor, images, altered, labels)
                 results.setdefault(str(run), {}).setdefault(pool, {})[family] = r
-                print(f"{run.name:>24} {pool:>10} {family:>14} " + "  ".join(
-                    f"{m}: x{v['ratio']:.2f} paired {v['paired_share']:.2f} pix {v['pixel_auroc']:.2f}"
-                    for m, v in r.items()), flush=True)
+                print(
+                    f"{run.name:>24} {pool:>10} {family:>14} "
+                    + "  ".join(
+                        f"{m}: x{v['ratio']:.2f} paired {v['paired_share']:.2f} pix {v['pixel_auroc']:.2f}"
+                        for m, v in r.items()
+                    ),
+                    flush=True,
+                )
     if opts.out:
         Path(opts.out).write_text(json.dumps(results, indent=1))
 

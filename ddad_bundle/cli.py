@@ -31,8 +31,15 @@ import time
 from ddad_bundle import BUNDLE_ROOT, CONFIG_DIR
 
 # SALAD's demo schedule (the paper: 50 pre-training epochs, then 10 rounds of 50): measured in docs/salad.md.
-DEMO_SALAD = {"image_size": 32, "salad_pretrain_epochs": 10, "salad_round_epochs": 4, "salad_neighbours": [2, 4, 6, 8, 10],
-              "salad_prototype_fractions": [0.2, 0.4, 0.6, 0.8, 1.0], "progress_bar": False, "save_every": 5}
+DEMO_SALAD = {
+    "image_size": 32,
+    "salad_pretrain_epochs": 10,
+    "salad_round_epochs": 4,
+    "salad_neighbours": [2, 4, 6, 8, 10],
+    "salad_prototype_fractions": [0.2, 0.4, 0.6, 0.8, 1.0],
+    "progress_bar": False,
+    "save_every": 5,
+}
 
 
 def ensure_bundle_on_path() -> None:
@@ -77,16 +84,19 @@ def demo_salad(args: argparse.Namespace) -> int:
 def _add_method(parser: argparse.ArgumentParser) -> None:
     from scripts.runtime.workflows import METHOD_CONFIGS
 
-    parser.add_argument("--method", default="ddad", choices=sorted(METHOD_CONFIGS),
-                        help="ddad (default) or salad (docs/salad.md)")
+    parser.add_argument(
+        "--method", default="ddad", choices=sorted(METHOD_CONFIGS), help="ddad (default) or salad (docs/salad.md)"
+    )
 
 
 # Commands that take config keys (--key value); their --help lists those keys with the defaults of
 # the config files the command merges (scripts.runtime.config_help).
 KEYED_COMMANDS = {"fit": None, "score": ["inferring"], "export": ["exporting"]}  # fit: FIT_WORKFLOWS[method]
 HELP_FLAGS = {"-h", "--help"}
-KEYS_EPILOG = ("Any config key is an option too; --help lists them with their defaults (with --config_file FILE "
-               "or --method salad before --help: those configs' keys).")
+KEYS_EPILOG = (
+    "Any config key is an option too; --help lists them with their defaults (with --config_file FILE "
+    "or --method salad before --help: those configs' keys)."
+)
 
 
 def _option(argv: list[str], name: str) -> list[str]:
@@ -129,9 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo_schedule = json.loads(DEMO_CONFIG.read_text())
     parser = argparse.ArgumentParser(
-        prog="ddad", description="DDAD anomaly detection bundle: the workflows as plain commands "
+        prog="ddad",
+        description="DDAD anomaly detection bundle: the workflows as plain commands "
         "(`python -m ddad_bundle` is the same command). `ddad <command> --help` lists a command's options "
-        "and config keys with their defaults.")
+        "and config keys with their defaults.",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
     parser.command_parsers = {}
 
@@ -140,22 +152,38 @@ def build_parser() -> argparse.ArgumentParser:
         parser.command_parsers[name] = commands.add_parser(name, **kwargs)
         return parser.command_parsers[name]
 
-    run_parser = add("run", help="run one bundle workflow: " + ", ".join(WORKFLOW_CONFIGS),
-                     epilog="`ddad run <workflow> --help` lists that workflow's config keys with their defaults.")
+    run_parser = add(
+        "run",
+        help="run one bundle workflow: " + ", ".join(WORKFLOW_CONFIGS),
+        epilog="`ddad run <workflow> --help` lists that workflow's config keys with their defaults.",
+    )
     run_parser.add_argument("workflow", choices=sorted(WORKFLOW_CONFIGS))
-    run_parser.add_argument("--config_file", action="append", default=[],
-                            help="extra config file(s) merged after the workflow's own (dataset configs...)")
+    run_parser.add_argument(
+        "--config_file",
+        action="append",
+        default=[],
+        help="extra config file(s) merged after the workflow's own (dataset configs...)",
+    )
     _add_method(run_parser)
-    export_parser = add("export", help="write the trained pipeline as one TorchScript file (model.ts)",
-                        epilog=KEYS_EPILOG)
+    export_parser = add(
+        "export", help="write the trained pipeline as one TorchScript file (model.ts)", epilog=KEYS_EPILOG
+    )
     _add_method(export_parser)
     # options are parsed by scripts.tools.experiments (its own --help), so this parser only names the command
-    add("experiment", add_help=False,
-        help="the papers' experiments: ar_sweep (Fig. 5), backbones (Table 3); docs/experiments.md")
-    fit_parser = add("fit", help="training, training_asr and evaluating in turn (SALAD: training and evaluating)",
-                     epilog=KEYS_EPILOG)
-    fit_parser.add_argument("--config_file", action="append", default=[],
-                            help="extra config file(s), e.g. ddad_bundle/configs/datasets/folder.json")
+    add(
+        "experiment",
+        add_help=False,
+        help="the papers' experiments: ar_sweep (Fig. 5), backbones (Table 3); docs/experiments.md",
+    )
+    fit_parser = add(
+        "fit", help="training, training_asr and evaluating in turn (SALAD: training and evaluating)", epilog=KEYS_EPILOG
+    )
+    fit_parser.add_argument(
+        "--config_file",
+        action="append",
+        default=[],
+        help="extra config file(s), e.g. ddad_bundle/configs/datasets/folder.json",
+    )
     _add_method(fit_parser)
     score_parser = add("score", help="score new images with a trained bundle", epilog=KEYS_EPILOG)
     score_parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
@@ -168,12 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     publish_parser.add_argument("--metadata", default=str(CONFIG_DIR / "metadata.json"))
     demo_parser = add("demo", help="train and evaluate on generated phantoms with the demo schedule")
     demo_parser.add_argument("--modality", default="cxr", choices=["cxr", "brain", "fundus"], help="phantom kind")
-    demo_parser.add_argument("--epochs", type=int, default=None,
-                             help=f"stage-1 epochs (None: the demo schedule's {demo_schedule['epochs']})")
+    demo_parser.add_argument(
+        "--epochs", type=int, default=None, help=f"stage-1 epochs (None: the demo schedule's {demo_schedule['epochs']})"
+    )
     demo_parser.add_argument("--runs_dir", default="runs/demo", help="where the run folder goes")
     demo_parser.add_argument("--rgb", action="store_true", help="fundus only: train on RGB images")
-    demo_parser.add_argument("--asr_epochs", type=int, default=None,
-                             help=f"ASR-Net epochs (None: the demo schedule's {demo_schedule['asr_epochs']})")
+    demo_parser.add_argument(
+        "--asr_epochs",
+        type=int,
+        default=None,
+        help=f"ASR-Net epochs (None: the demo schedule's {demo_schedule['asr_epochs']})",
+    )
     demo_parser.add_argument("--stage1_only", action="store_true", help="skip the ASR-Net (stage 2)")
     _add_method(demo_parser)
     return parser
@@ -210,7 +243,7 @@ def dispatch(argv: list[str] | None = None) -> int:
     if args.command == "experiment":
         from scripts.tools import experiments
 
-        return experiments.main(argv[argv.index("experiment") + 1:])
+        return experiments.main(argv[argv.index("experiment") + 1 :])
     if args.command == "publish_metrics":
         from scripts.tools.publish import publish_eval_metrics
 

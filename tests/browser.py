@@ -15,18 +15,38 @@ from PIL import Image
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SKIP_REASON = "headless Chromium is not installed (Debian package 'chromium'; .ci/run installs it)"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--enable-logging=stderr", "--v=0", "--hide-scrollbars"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
+    "--hide-scrollbars",
+]
 CONSOLE = re.compile(r":CONSOLE[^\]]*\]\s*(.*)")
 
 
 def render(page: Path, png: Path, profile: Path, width: int = 1200, height: int = 4000) -> list[str]:
     """Screenshot ``page`` into ``png``; returns the page's console messages."""
     profile.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                           f"--screenshot={png}", page.resolve().as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--screenshot={png}",
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if done.returncode != 0 or not png.is_file():
         raise RuntimeError(f"chromium failed ({done.returncode}) on {page}: {done.stderr[-2000:]}")
     return [m.group(1) for m in map(CONSOLE.search, done.stderr.splitlines()) if m]

@@ -70,7 +70,7 @@ def test_fundus_takes_the_brain_chain_and_cxr_keeps_the_whole_image(tmp_path):
 
     # a bright disc off-centre on a dark background: the brain/fundus chain crops to it, cxr does not
     yy, xx = np.mgrid[:96, :128]
-    image = np.where((yy - 40) ** 2 + (xx - 50) ** 2 < 30 ** 2, 200, 2).astype(np.uint8)
+    image = np.where((yy - 40) ** 2 + (xx - 50) ** 2 < 30**2, 200, 2).astype(np.uint8)
     Image.fromarray(image).save(tmp_path / "disc.png")
     out = {}
     for modality in ("cxr", "brain", "fundus"):
@@ -102,15 +102,32 @@ def test_mistyped_override_is_refused_with_a_hint():
 
 
 def test_monai_bundle_command_line_is_parsed():
-    argv = ["/x/monai/bundle/__main__.py", "run", "training", "--config_file", "['a.json','b.json']",
-            "--epochs", "5", "--meta_file=m.json", "--phantom#n_normal", "10"]
-    assert parse_run_argv(argv) == {"config_files": ["a.json", "b.json"], "overrides": {"epochs": "5", "phantom#n_normal": "10"}}
+    argv = [
+        "/x/monai/bundle/__main__.py",
+        "run",
+        "training",
+        "--config_file",
+        "['a.json','b.json']",
+        "--epochs",
+        "5",
+        "--meta_file=m.json",
+        "--phantom#n_normal",
+        "10",
+    ]
+    assert parse_run_argv(argv) == {
+        "config_files": ["a.json", "b.json"],
+        "overrides": {"epochs": "5", "phantom#n_normal": "10"},
+    }
     assert parse_run_argv(["pytest"]) is None
 
 
 def test_command_line_overrides_are_parsed_as_literals():
     assert parse_overrides(["--epochs", "5", "--amp=false", "--betas", "[0.5, 0.9]", "--backbone", "aeu"]) == {
-        "epochs": 5, "amp": False, "betas": [0.5, 0.9], "backbone": "aeu"}
+        "epochs": 5,
+        "amp": False,
+        "betas": [0.5, 0.9],
+        "backbone": "aeu",
+    }
     with pytest.raises(ValueError, match="--epochs has no value"):
         parse_overrides(["--epochs"])
     with pytest.raises(ValueError, match="unexpected argument '5'"):
@@ -121,9 +138,23 @@ def test_plain_monai_bundle_run_refuses_a_typo(tmp_path):
     # The documented `python -m monai.bundle run` command, not only our wrapper, must refuse it.
     files = "['configs/common.json','configs/train.json']"
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", files,
-         "--runs_dir", str(tmp_path), "--epoch", "1"],
-        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "training",
+            "--config_file",
+            files,
+            "--runs_dir",
+            str(tmp_path),
+            "--epoch",
+            "1",
+        ],
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
         env={"PYTHONPATH": str(BUNDLE_ROOT), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode != 0
@@ -133,9 +164,20 @@ def test_plain_monai_bundle_run_refuses_a_typo(tmp_path):
 
 def test_metadata_verifies_offline():
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "verify_metadata", "--meta_file", "configs/metadata.json",
-         "--filepath", "configs/metadata_schema.json"],
-        cwd=BUNDLE_ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "verify_metadata",
+            "--meta_file",
+            "configs/metadata.json",
+            "--filepath",
+            "configs/metadata_schema.json",
+        ],
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "metadata is verified with no error" in (result.stdout + result.stderr)

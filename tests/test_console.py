@@ -68,12 +68,16 @@ def test_score_export_and_demo_help(capsys):
     assert "(default: cxr)" in demo and "(default: runs/demo)" in demo
 
 
-@pytest.mark.skipif(not CONSOLE_SCRIPT.is_file(), reason=f"no {CONSOLE_SCRIPT}: the package was installed before "
-                    "the console entry existed (pip install -e . adds it)")
+@pytest.mark.skipif(
+    not CONSOLE_SCRIPT.is_file(),
+    reason=f"no {CONSOLE_SCRIPT}: the package was installed before "
+    "the console entry existed (pip install -e . adds it)",
+)
 def test_the_installed_command_and_the_module_alias_agree():
     plain = subprocess.run([str(CONSOLE_SCRIPT), "--help"], capture_output=True, text=True, timeout=300)
-    alias = subprocess.run([sys.executable, "-m", "ddad_bundle", "--help"], capture_output=True, text=True,
-                           timeout=300, cwd=REPO_ROOT)
+    alias = subprocess.run(
+        [sys.executable, "-m", "ddad_bundle", "--help"], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT
+    )
     assert plain.returncode == alias.returncode == 0 and plain.stdout == alias.stdout
     assert all(name in plain.stdout for name in SUBCOMMANDS)
 

@@ -12,12 +12,16 @@ from scripts.data.readers import LoadMaskd, LoadMedicalImaged, ScaleToSymmetricR
 
 
 def chain(size=16):
-    return Compose([
-        LoadMedicalImaged(keys=["image"]),
-        LoadMaskd(keys=["mask"], allow_missing_keys=True),
-        Resized(keys=["image", "mask"], spatial_size=(size, size), mode=["area", "nearest"], allow_missing_keys=True),
-        ScaleToSymmetricRanged(keys=["image"]),
-    ])
+    return Compose(
+        [
+            LoadMedicalImaged(keys=["image"]),
+            LoadMaskd(keys=["mask"], allow_missing_keys=True),
+            Resized(
+                keys=["image", "mask"], spatial_size=(size, size), mode=["area", "nearest"], allow_missing_keys=True
+            ),
+            ScaleToSymmetricRanged(keys=["image"]),
+        ]
+    )
 
 
 def write_pngs(folder, n, size=32, seed=0):

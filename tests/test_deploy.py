@@ -30,8 +30,17 @@ from conftest import REPO_ROOT  # noqa: E402
 CR_CLASS, DX_CLASS, MR_CLASS = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.4"
 
 
-def write_dicom(path, stored, modality="CR", sop_class=CR_CLASS, monochrome1=False, patient_id="P001",
-                study_uid=None, window=None, rescale=(1.0, 0.0)):
+def write_dicom(
+    path,
+    stored,
+    modality="CR",
+    sop_class=CR_CLASS,
+    monochrome1=False,
+    patient_id="P001",
+    study_uid=None,
+    window=None,
+    rescale=(1.0, 0.0),
+):
     """A single-frame 12-bit grayscale instance with the patient/study fields a PACS sends."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
@@ -77,27 +86,52 @@ def deployed(cxr_run, model_ts, tmp_path_factory):
     study = generate_uid()
     sources = {
         # CR, inverted grey scale with a VOI window: the loader must window and invert it back
-        "cr_mono1.dcm": write_dicom(inputs / "cr_mono1.dcm", np.round(4095 - gray(abnormal[0]) / 255 * 4095), "CR", CR_CLASS,
-                                    monochrome1=True, study_uid=study, window=(2048, 4096)),
+        "cr_mono1.dcm": write_dicom(
+            inputs / "cr_mono1.dcm",
+            np.round(4095 - gray(abnormal[0]) / 255 * 4095),
+            "CR",
+            CR_CLASS,
+            monochrome1=True,
+            study_uid=study,
+            window=(2048, 4096),
+        ),
         # DX with a rescale, no window, in a subfolder
-        "study/dx.dcm": write_dicom(inputs / "study" / "dx.dcm", np.round(gray(abnormal[1]) * 16), "DX", DX_CLASS,
-                                    patient_id="P002", rescale=(0.5, -100.0)),
+        "study/dx.dcm": write_dicom(
+            inputs / "study" / "dx.dcm",
+            np.round(gray(abnormal[1]) * 16),
+            "DX",
+            DX_CLASS,
+            patient_id="P002",
+            rescale=(0.5, -100.0),
+        ),
         "mr.dcm": write_dicom(inputs / "mr.dcm", np.round(gray(normal[0]) * 16), "MR", MR_CLASS),
     }
     # an extension-less DX instance, as PACS exports name them; same pixels as study/dx.dcm
-    sources["IM0001"] = write_dicom(inputs / "IM0001", np.round(gray(abnormal[1]) * 16), "DX", DX_CLASS,
-                                    patient_id="P003", rescale=(0.5, -100.0))
+    sources["IM0001"] = write_dicom(
+        inputs / "IM0001", np.round(gray(abnormal[1]) * 16), "DX", DX_CLASS, patient_id="P003", rescale=(0.5, -100.0)
+    )
     Image.open(data / normal[0]["image"]).save(inputs / "normal.png")
 
     out = tmp_path_factory.mktemp("deploy_out")
     env = dict(os.environ, OMP_NUM_THREADS="1", DDAD_DEVICE="cpu", PYTHONPATH=str(REPO_ROOT))
-    proc = subprocess.run([sys.executable, "-m", "ddad_bundle.deploy", "-i", str(inputs), "-o", str(out), "-m", str(model_ts)],
-                          cwd=str(out), env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "ddad_bundle.deploy", "-i", str(inputs), "-o", str(out), "-m", str(model_ts)],
+        cwd=str(out),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     python_out = tmp_path_factory.mktemp("python_scores")
-    assert cli_main(["score", str(inputs), "--out", str(python_out), "--runs_dir", str(runs_dir), "--image_size", "32"]) == 0
-    python = {os.path.relpath(r["file"], inputs): r for r in json.loads((python_out / "summary.json").read_text())["files"]}
+    assert (
+        cli_main(["score", str(inputs), "--out", str(python_out), "--runs_dir", str(runs_dir), "--image_size", "32"])
+        == 0
+    )
+    python = {
+        os.path.relpath(r["file"], inputs): r for r in json.loads((python_out / "summary.json").read_text())["files"]
+    }
     results = {os.path.relpath(r["file"], inputs): r for r in json.loads((out / "results.json").read_text())["files"]}
     return inputs, out, sources, results, python
 
@@ -158,7 +192,9 @@ def test_secondary_capture_refuses_a_source_without_patient_id(tmp_path):
     source = pydicom.Dataset()
     source.StudyInstanceUID = generate_uid()
     with pytest.raises(ValueError, match="PatientID"):
-        write_secondary_capture(source, np.zeros((4, 4, 3), np.uint8), tmp_path / "x.dcm", "R_dual", 0.5, 0.4, "abnormal")
+        write_secondary_capture(
+            source, np.zeros((4, 4, 3), np.uint8), tmp_path / "x.dcm", "R_dual", 0.5, 0.4, "abnormal"
+        )
 
 
 def test_loader_classifies_by_content(tmp_path):
@@ -174,8 +210,14 @@ def test_staged_package_folder_holds_the_app_and_the_bundle_code(tmp_path):
     from ddad_bundle.deploy.package import stage_app
 
     out = stage_app(tmp_path / "app")
-    for name in ("__main__.py", "app.yaml", "requirements.txt", "ddad_bundle/deploy/app.py",
-                 "ddad_bundle/scripts/data/readers.py", "ddad_bundle/configs/inference.json"):
+    for name in (
+        "__main__.py",
+        "app.yaml",
+        "requirements.txt",
+        "ddad_bundle/deploy/app.py",
+        "ddad_bundle/scripts/data/readers.py",
+        "ddad_bundle/configs/inference.json",
+    ):
         assert (out / name).is_file(), name
     assert not list(out.rglob("__pycache__")) and not (out / "ddad_bundle" / "models").exists()
     compile((out / "__main__.py").read_text(), "__main__.py", "exec")

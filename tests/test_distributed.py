@@ -41,9 +41,23 @@ CONFIGS = "['configs/common.json','configs/train.json','configs/multi_gpu_train.
 
 def torchrun(nproc: int, overrides: dict, timeout: int = 300) -> subprocess.CompletedProcess:
     """The documented command, from the bundle folder: torchrun ... -m monai.bundle run training."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "monai.bundle", "run", "training", "--config_file", CONFIGS,
-               "--meta_file", "configs/metadata.json", "--logging_file", "configs/logging.conf"]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        CONFIGS,
+        "--meta_file",
+        "configs/metadata.json",
+        "--logging_file",
+        "configs/logging.conf",
+    ]
     for key, value in overrides.items():
         command += [f"--{key}", str(value)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(BUNDLE_ROOT))
@@ -124,7 +138,8 @@ def test_two_processes_give_the_single_process_weights(tmp_path):
             assert torch.equal(a[key], b[key]), (name, key)
     # each rank wrote its own members' resumable checkpoints, under their ensemble indices
     assert sorted(p.name for p in multi.glob("*.pt")) == sorted(
-        names + [n.replace(".pt", "_checkpoint_2.pt") for n in names])
+        names + [n.replace(".pt", "_checkpoint_2.pt") for n in names]
+    )
     assert (multi.parent / "run_record_training.json").is_file()
     # the documented plan was used, over the real pools: D_n 40 (validation images are separate), D_n + D_u 60
     plan = plan_members(3, {"ndm": 40, "udm": 60}, world_size=2)
@@ -161,8 +176,15 @@ def pool():
 def train(objective_for, epochs=2):
     members = seeded_members(conv_net, [11])
     objective = objective_for(members[0])
-    trainer = EnsembleTrainer("cpu", epochs, members, adam_optimizers(members), objective,
-                              MemberBatches(pool(), [11], batch_size=7), module="ndm")
+    trainer = EnsembleTrainer(
+        "cpu",
+        epochs,
+        members,
+        adam_optimizers(members),
+        objective,
+        MemberBatches(pool(), [11], batch_size=7),
+        module="ndm",
+    )
     trainer.run()
     return trainer, objective
 
@@ -186,8 +208,7 @@ def free_port() -> int:
 
 
 def test_ddp_within_a_member_gives_the_full_batch_gradient(tmp_path):
-    torch.multiprocessing.start_processes(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2,
-                                          start_method="fork")
+    torch.multiprocessing.start_processes(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2, start_method="fork")
     reference, _ = train(lambda net: MSEObjective())
     expected = reference.members[0].state_dict()
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from helpers import crash_then_resume
-from scripts.engines.ensemble import (EnsembleTrainer, MemberBatches, MemberGroup, adam_optimizers, member_seeds, seeded_members,
-                              shuffle_order)
+from scripts.engines.ensemble import (
+    EnsembleTrainer,
+    MemberBatches,
+    MemberGroup,
+    adam_optimizers,
+    member_seeds,
+    seeded_members,
+    shuffle_order,
+)
 from scripts.handlers.training import MemberCheckpoints, final_weights_path
 from scripts.scoring.losses import MSEObjective
 from scripts.networks.backbones import AE
@@ -19,9 +26,17 @@ def make_trainer(images, ckpt_dir, epochs, seed=0, module="ndm", handlers=None, 
     seeds = member_seeds(seed, module, 3)
     members = seeded_members(tiny_ae, seeds)
     handlers = handlers if handlers is not None else [MemberCheckpoints(ckpt_dir, module)]
-    return EnsembleTrainer("cpu", epochs, members, adam_optimizers(members), MSEObjective(),
-                           MemberBatches(images, seeds, batch_size=8), module=module, handlers=handlers,
-                           lr_schedule=lr_schedule)
+    return EnsembleTrainer(
+        "cpu",
+        epochs,
+        members,
+        adam_optimizers(members),
+        MSEObjective(),
+        MemberBatches(images, seeds, batch_size=8),
+        module=module,
+        handlers=handlers,
+        lr_schedule=lr_schedule,
+    )
 
 
 @pytest.fixture
@@ -112,12 +127,17 @@ def test_same_seed_same_weights(images, tmp_path):
 def test_interrupted_run_resumes_to_the_same_weights(images, tmp_path, lr_schedule):
     reference = make_trainer(images, tmp_path / "ref", epochs=3, lr_schedule=lr_schedule)
     reference.run()
+
     def nothing_final_yet():
         assert not final_weights_path(tmp_path / "run", "ndm", 0).exists()
 
     # a crash in the middle of epoch 3, after the epoch-2 checkpoints were written
-    resumed = crash_then_resume(lambda: make_trainer(images, tmp_path / "run", epochs=3, lr_schedule=lr_schedule),
-                                epoch=3, iteration_in_epoch=2, after_crash=nothing_final_yet)
+    resumed = crash_then_resume(
+        lambda: make_trainer(images, tmp_path / "run", epochs=3, lr_schedule=lr_schedule),
+        epoch=3,
+        iteration_in_epoch=2,
+        after_crash=nothing_final_yet,
+    )
     assert resumed.state.epoch == 3
     assert_same_weights(weights(resumed), weights(reference))
 
@@ -147,8 +167,13 @@ def module_group(module, pool, ckpt_dir=None, seed=0, fused_adam=False):
     seeds = member_seeds(seed, module, 3)
     members = seeded_members(tiny_ae, seeds)
     handlers = [MemberCheckpoints(ckpt_dir, module)] if ckpt_dir is not None else []
-    return MemberGroup(module, members, adam_optimizers(members, fused=fused_adam), MemberBatches(pool, seeds, batch_size=8),
-                       handlers=handlers)
+    return MemberGroup(
+        module,
+        members,
+        adam_optimizers(members, fused=fused_adam),
+        MemberBatches(pool, seeds, batch_size=8),
+        handlers=handlers,
+    )
 
 
 @pytest.fixture
@@ -164,8 +189,10 @@ def joint_trainer(pools, ckpt_dir=None, epochs=2, mode="sequential", **kwargs):
 
 
 def test_one_loop_for_both_modules_equals_each_module_trained_alone(pools, tmp_path):
-    alone = [make_trainer(pool, tmp_path / "alone", epochs=2, module=module, handlers=[])
-             for module, pool in zip(("ndm", "udm"), pools)]
+    alone = [
+        make_trainer(pool, tmp_path / "alone", epochs=2, module=module, handlers=[])
+        for module, pool in zip(("ndm", "udm"), pools)
+    ]
     for trainer in alone:
         trainer.run()
     joint = joint_trainer(pools, tmp_path / "joint", lr_schedule="constant")
@@ -186,13 +213,24 @@ def test_concurrent_mode_equals_sequential_under_one_torch_thread(pools, fused_a
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        reference = EnsembleTrainer("cpu", 2, objective=MSEObjective(), ensemble_mode="sequential",
-                                    groups=[module_group(m, p, fused_adam=fused_adam) for m, p in zip(("ndm", "udm"), pools)])
+        reference = EnsembleTrainer(
+            "cpu",
+            2,
+            objective=MSEObjective(),
+            ensemble_mode="sequential",
+            groups=[module_group(m, p, fused_adam=fused_adam) for m, p in zip(("ndm", "udm"), pools)],
+        )
         reference.run()
     finally:
         torch.set_num_threads(previous)
-    concurrent = EnsembleTrainer("cpu", 2, objective=MSEObjective(), ensemble_mode="concurrent", threads=2,
-                                 groups=[module_group(m, p, fused_adam=fused_adam) for m, p in zip(("ndm", "udm"), pools)])
+    concurrent = EnsembleTrainer(
+        "cpu",
+        2,
+        objective=MSEObjective(),
+        ensemble_mode="concurrent",
+        threads=2,
+        groups=[module_group(m, p, fused_adam=fused_adam) for m, p in zip(("ndm", "udm"), pools)],
+    )
     assert concurrent.ensemble_mode == "concurrent" and concurrent.workers == 2
     concurrent.run()
     assert torch.get_num_threads() == previous  # the run gives the process its thread count back
@@ -205,8 +243,14 @@ def test_fused_adam_takes_the_same_steps_to_float_tolerance(images):
     plain.run()
     seeds = member_seeds(0, "ndm", 3)
     members = seeded_members(tiny_ae, seeds)
-    fused = EnsembleTrainer("cpu", 2, members, adam_optimizers(members, fused=True), MSEObjective(),
-                            MemberBatches(images, seeds, batch_size=8))
+    fused = EnsembleTrainer(
+        "cpu",
+        2,
+        members,
+        adam_optimizers(members, fused=True),
+        MSEObjective(),
+        MemberBatches(images, seeds, batch_size=8),
+    )
     fused.run()
     assert fused.optimizers[0].defaults["fused"] is True
     steps, lr = 6, 5e-4
@@ -224,8 +268,11 @@ def test_joint_run_resumes_both_modules_to_the_same_weights(pools, tmp_path):
     reference = joint_trainer(pools, tmp_path / "ref", epochs=3, mode="concurrent", threads=2, lr_schedule="cosine")
     reference.run()
     # the NDM has finished its 3 batches of epoch 3, the UDM has not finished its 5
-    resumed = crash_then_resume(lambda: joint_trainer(pools, tmp_path / "run", epochs=3, mode="concurrent", threads=2,
-                                                      lr_schedule="cosine"), epoch=3, iteration_in_epoch=4)
+    resumed = crash_then_resume(
+        lambda: joint_trainer(pools, tmp_path / "run", epochs=3, mode="concurrent", threads=2, lr_schedule="cosine"),
+        epoch=3,
+        iteration_in_epoch=4,
+    )
     assert_same_weights(weights(resumed), weights(reference))
 
 
@@ -235,7 +282,9 @@ def test_modules_resuming_from_different_epochs_are_refused(pools, tmp_path):
         next(tmp_path.glob(f"udm_member{k}_checkpoint_*.pt")).rename(tmp_path / f"udm_member{k}_checkpoint_0.pt")
     joint_trainer(pools, tmp_path / "other", epochs=2).run()
     for k in range(3):
-        next((tmp_path / "other").glob(f"ndm_member{k}_checkpoint_*.pt")).rename(tmp_path / f"ndm_member{k}_checkpoint_2.pt")
+        next((tmp_path / "other").glob(f"ndm_member{k}_checkpoint_*.pt")).rename(
+            tmp_path / f"ndm_member{k}_checkpoint_2.pt"
+        )
         (tmp_path / f"ndm_member{k}_checkpoint_1.pt").unlink()
     with pytest.raises(RuntimeError, match="another module"):
         joint_trainer(pools, tmp_path, epochs=3).run()
@@ -256,8 +305,15 @@ def test_amp_trains_under_bf16_autocast_without_a_grad_scaler(images, recwarn):
     plain.run()
     seeds = member_seeds(0, "ndm", 3)
     members = seeded_members(tiny_ae, seeds)
-    bf16 = EnsembleTrainer("cpu", 1, members, adam_optimizers(members), MSEObjective(),
-                           MemberBatches(images, seeds, batch_size=8), amp=True)
+    bf16 = EnsembleTrainer(
+        "cpu",
+        1,
+        members,
+        adam_optimizers(members),
+        MSEObjective(),
+        MemberBatches(images, seeds, batch_size=8),
+        amp=True,
+    )
     bf16.run()
     assert bf16.bf16 and bf16.scaler is None  # MONAI's fp16 scaler is not built for bf16
     assert not any("GradScaler" in str(w.message) for w in recwarn)

@@ -17,17 +17,46 @@ from PIL import Image
 from conftest import BUNDLE_ROOT
 from ddad_bundle.cli import main as cli_main
 from scripts.tools import experiments
-from scripts.tools.experiments import (AR_STEPS, SWEEP_SCORES, TABLE_SCORES, ExperimentError, Schedule, aggregate,
-                                 format_entry, prepare, run_cell, sweep_size, sweep_splits)
+from scripts.tools.experiments import (
+    AR_STEPS,
+    SWEEP_SCORES,
+    TABLE_SCORES,
+    ExperimentError,
+    Schedule,
+    aggregate,
+    format_entry,
+    prepare,
+    run_cell,
+    sweep_size,
+    sweep_splits,
+)
 from scripts.data.cache import root_cause
 from scripts.data.splits import SplitError, load_split
 
 CONFIGS = BUNDLE_ROOT / "configs"
 # The smallest phantom protocol with every AR of the 20% grid feasible: |D_u| = 5 (0..5 abnormal).
 TINY_SIZES = dict(n_normal=16, n_validation=4, n_test_normal=5, n_test_abnormal=5, n_unlabeled=5)
-TINY_CLI = ["--no_figures", "--epochs", "1", "--asr_epochs", "1", "--phantom_size", "32", "--image_size", "32",
-            "--num_members", "2", "--batch_size", "8", "--asr_batch_size", "8", "--n_bootstrap", "10",
-            "--lr_schedule", "cosine"] + [a for k, v in TINY_SIZES.items() for a in (f"--{k}", str(v))]
+TINY_CLI = [
+    "--no_figures",
+    "--epochs",
+    "1",
+    "--asr_epochs",
+    "1",
+    "--phantom_size",
+    "32",
+    "--image_size",
+    "32",
+    "--num_members",
+    "2",
+    "--batch_size",
+    "8",
+    "--asr_batch_size",
+    "8",
+    "--n_bootstrap",
+    "10",
+    "--lr_schedule",
+    "cosine",
+] + [a for k, v in TINY_SIZES.items() for a in (f"--{k}", str(v))]
 
 
 def tiny_source(out, **sizes):
@@ -44,12 +73,16 @@ def read_csv(path):
 
 def dataset_parser(name, **overrides):
     parser = ConfigParser()
-    parser.read_config([str(CONFIGS / f) for f in ("common.json", "train.json")] + [str(CONFIGS / "datasets" / f"{name}.json")])
+    parser.read_config(
+        [str(CONFIGS / f) for f in ("common.json", "train.json")] + [str(CONFIGS / "datasets" / f"{name}.json")]
+    )
     parser.update(overrides)
     return parser
 
 
-@pytest.mark.parametrize("name,modality", [("rsna", "cxr"), ("vindr", "cxr"), ("brain_tumor", "brain"), ("lag", "fundus")])
+@pytest.mark.parametrize(
+    "name,modality", [("rsna", "cxr"), ("vindr", "cxr"), ("brain_tumor", "brain"), ("lag", "fundus")]
+)
 def test_prepared_dataset_config_resolves_the_prepared_split(tmp_path, name, modality):
     (tmp_path / "split.json").write_text("{}")
     parser = dataset_parser(name, data_dir=str(tmp_path), runs_dir=str(tmp_path / "runs"))
@@ -68,9 +101,18 @@ def test_prepared_dataset_config_without_data_dir_names_the_key_and_command(name
 
 
 def test_phantom_and_folder_configs_resolve(tmp_path):
-    phantom = dataset_parser("phantom", runs_dir=str(tmp_path), **{"phantom#n_normal": 4, "phantom#n_validation": 0,
-                             "phantom#n_unlabeled": 0, "phantom#n_test_normal": 1, "phantom#n_test_abnormal": 1,
-                             "phantom#size": 32})
+    phantom = dataset_parser(
+        "phantom",
+        runs_dir=str(tmp_path),
+        **{
+            "phantom#n_normal": 4,
+            "phantom#n_validation": 0,
+            "phantom#n_unlabeled": 0,
+            "phantom#n_test_normal": 1,
+            "phantom#n_test_abnormal": 1,
+            "phantom#size": 32,
+        },
+    )
     assert load_split(phantom.get_parsed_content("split_file")).counts()["test"] == 2
     for folder in ("normal", "test/normal", "test/abnormal"):
         (tmp_path / "tree" / folder).mkdir(parents=True)
@@ -100,8 +142,11 @@ def test_sweep_splits_change_only_d_u_and_keep_exact_rates(tmp_path):
 
 def test_infeasible_ar_request_names_the_numbers(tmp_path, capsys):
     source = tiny_source(tmp_path)
-    with pytest.raises(ExperimentError, match=r"\|D_u\| = 10 is infeasible at AR 0%: it needs 10 normal images "
-                                              r"for D_u and 5 are available \(the normal pool has 30 images"):
+    with pytest.raises(
+        ExperimentError,
+        match=r"\|D_u\| = 10 is infeasible at AR 0%: it needs 10 normal images "
+        r"for D_u and 5 are available \(the normal pool has 30 images",
+    ):
         sweep_size(source, AR_STEPS, 0, n_unlabeled=10)
     with pytest.raises(SplitError, match="not a whole number"):
         sweep_size(source, AR_STEPS, 0, n_unlabeled=4)  # 20% of 4 is 0.8 images
@@ -134,7 +179,11 @@ def test_ar_sweep_end_to_end_then_resumes_without_rerunning(tmp_path, capsys):
     rows = read_csv(out / "ar_sweep.csv")
     assert [float(r["anomaly_rate"]) for r in rows] == list(AR_STEPS)
     for r in rows:
-        assert r["n_unlabeled"] == "5" and r["n_seeds"] == "1" and int(r["n_unlabeled_abnormal"]) == round(5 * float(r["anomaly_rate"]))
+        assert (
+            r["n_unlabeled"] == "5"
+            and r["n_seeds"] == "1"
+            and int(r["n_unlabeled_abnormal"]) == round(5 * float(r["anomaly_rate"]))
+        )
         for score in SWEEP_SCORES:
             check_auc(r[score])
             assert r[f"{score}_std"] == ""  # one seed: no spread
@@ -189,8 +238,16 @@ def test_prepared_and_folder_data_become_labeled_pools(tmp_path):
     from scripts.data.phantoms import generate_phantom_dataset
 
     # a phantom data set stands in for a prepared one: a ddad-split/1 file with a labeled D_u
-    generate_phantom_dataset(tmp_path / "prep", n_normal=12, n_validation=0, n_unlabeled=10, anomaly_rate=0.6,
-                             n_test_normal=4, n_test_abnormal=4, size=32)
+    generate_phantom_dataset(
+        tmp_path / "prep",
+        n_normal=12,
+        n_validation=0,
+        n_unlabeled=10,
+        anomaly_rate=0.6,
+        n_test_normal=4,
+        n_test_abnormal=4,
+        size=32,
+    )
     source = prepare("rsna", tmp_path / "out", data_dir=tmp_path / "prep")
     assert (len(source.normal), len(source.abnormal)) == (12 + 4 + 4, 6 + 4)
     assert source.sizes == dict(n_normal=11, n_validation=1, n_unlabeled=10, n_test_normal=4, n_test_abnormal=4)

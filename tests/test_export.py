@@ -70,15 +70,27 @@ def test_verify_net_in_out_checks_the_deployed_architecture(tmp_path):
     from monai.bundle import verify_net_in_out
 
     configs = [str(CONFIGS / "common.json"), str(CONFIGS / "inference.json")]
-    verify_net_in_out(net_id="deployed_network_def", meta_file=str(CONFIGS / "metadata.json"), config_file=configs,
-                      device="cpu", image_size=32, **{"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32]})
+    verify_net_in_out(
+        net_id="deployed_network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=configs,
+        device="cpu",
+        image_size=32,
+        **{"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32]},
+    )
     # and it can fail: metadata promising a 2-channel output is refused
     wrong = json.loads((CONFIGS / "metadata.json").read_text())
     wrong["network_data_format"]["outputs"]["pred"]["num_channels"] = 2
     (tmp_path / "metadata.json").write_text(json.dumps(wrong))
     with pytest.raises(ValueError, match="output channel number"):
-        verify_net_in_out(net_id="deployed_network_def", meta_file=str(tmp_path / "metadata.json"), config_file=configs,
-                          device="cpu", image_size=32, **{"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32]})
+        verify_net_in_out(
+            net_id="deployed_network_def",
+            meta_file=str(tmp_path / "metadata.json"),
+            config_file=configs,
+            device="cpu",
+            image_size=32,
+            **{"_meta_#network_data_format#inputs#image#spatial_shape": [32, 32]},
+        )
 
 
 def test_deployed_architecture_refuses_dual_without_udm():
@@ -89,8 +101,7 @@ def test_deployed_architecture_refuses_dual_without_udm():
 
 
 @pytest.mark.slow
-def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_pipeline(cxr_run, exported,
-                                                                                        tmp_path):
+def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_pipeline(cxr_run, exported, tmp_path):
     from monai.bundle import ConfigParser, verify_net_in_out
 
     runs_dir, output_dir = cxr_run
@@ -104,9 +115,13 @@ def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_
     assert config["decision_threshold"] == pytest.approx(threshold["threshold"])
     assert config["deploy_score"] == threshold["score"] == json.loads(extra["metadata.json"])["ddad"]["score"]
     (tmp_path / "metadata.json").write_bytes(extra["metadata.json"])
-    verify_net_in_out(net_id="exported_network", meta_file=str(tmp_path / "metadata.json"), device="cpu",
-                      config_file=[str(CONFIGS / n) for n in ("common.json", "inference.json", "export.json")],
-                      model_ts=str(model_ts))
+    verify_net_in_out(
+        net_id="exported_network",
+        meta_file=str(tmp_path / "metadata.json"),
+        device="cpu",
+        config_file=[str(CONFIGS / n) for n in ("common.json", "inference.json", "export.json")],
+        model_ts=str(model_ts),
+    )
 
     # the embedded config's postprocessing: score = spatial mean of pred, label from the threshold
     parser = ConfigParser(config)
@@ -129,8 +144,22 @@ def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_
 def test_export_of_another_score_carries_its_map_and_threshold(cxr_run, tmp_path):
     runs_dir, output_dir = cxr_run
     model_ts = tmp_path / "model.ts"
-    assert cli_main(["export", "--runs_dir", str(runs_dir), "--image_size", "32", "--model_ts", str(model_ts),
-                     "--deploy_score", "A_inter"]) == 0
+    assert (
+        cli_main(
+            [
+                "export",
+                "--runs_dir",
+                str(runs_dir),
+                "--image_size",
+                "32",
+                "--model_ts",
+                str(model_ts),
+                "--deploy_score",
+                "A_inter",
+            ]
+        )
+        == 0
+    )
     extra = {"metadata.json": "", "inference.json": ""}
     scripted = torch.jit.load(str(model_ts), _extra_files=extra)
     thresholds = json.loads((output_dir / "models" / "threshold.json").read_text())["thresholds"]

@@ -32,13 +32,16 @@ def test_metadata_and_app_manifest_state_the_package_version():
 def test_image_requirements_are_generated_from_pyproject():
     written = (BUNDLE_ROOT / "deploy" / "requirements.txt").read_text()
     assert written == image_requirements(), (
-        "deploy/requirements.txt is stale: python -m ddad_bundle.deploy.package --write_requirements")
+        "deploy/requirements.txt is stale: python -m ddad_bundle.deploy.package --write_requirements"
+    )
 
 
 def test_image_requirements_follow_a_changed_pyproject(tmp_path):
     pyproject = tmp_path / "pyproject.toml"
-    pyproject.write_text('[project]\ndependencies = ["torch>=2.3", "fire>=0.5", "numpy"]\n'
-                         '[project.optional-dependencies]\ndeploy = ["highdicom>=0.22", "holoscan-cli>=4.0"]\n')
+    pyproject.write_text(
+        '[project]\ndependencies = ["torch>=2.3", "fire>=0.5", "numpy"]\n'
+        '[project.optional-dependencies]\ndeploy = ["highdicom>=0.22", "holoscan-cli>=4.0"]\n'
+    )
     lines = [line for line in image_requirements(pyproject).splitlines() if not line.startswith("#")]
     assert lines == ["torch>=2.3", "numpy", "highdicom>=0.22"]  # fire and the packaging tool stay out
 
@@ -50,13 +53,25 @@ def test_eval_metrics_are_copied_from_a_run(tmp_path):
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps(METRICS))
     metadata = tmp_path / "metadata.json"
-    metadata.write_text(json.dumps({"version": "1.0.0", "eval_metrics": {
-        "demo_cxr_phantom_R_dual_image_auc": 0.248, "demo_cxr_phantom_R_intra_image_auc": 0.5,
-        "kermany_cxr_A_inter_image_auc": 0.931}}))
+    metadata.write_text(
+        json.dumps(
+            {
+                "version": "1.0.0",
+                "eval_metrics": {
+                    "demo_cxr_phantom_R_dual_image_auc": 0.248,
+                    "demo_cxr_phantom_R_intra_image_auc": 0.5,
+                    "kermany_cxr_A_inter_image_auc": 0.931,
+                },
+            }
+        )
+    )
     assert cli_main(["publish_metrics", str(metrics), "--name", "demo_cxr_phantom", "--metadata", str(metadata)]) == 0
     published = json.loads(metadata.read_text())["eval_metrics"]
-    assert published == {"demo_cxr_phantom_A_inter_image_auc": 0.948, "demo_cxr_phantom_R_dual_image_auc": 0.978,
-                         "kermany_cxr_A_inter_image_auc": 0.931}  # the run's R_intra-less entries replace the old
+    assert published == {
+        "demo_cxr_phantom_A_inter_image_auc": 0.948,
+        "demo_cxr_phantom_R_dual_image_auc": 0.978,
+        "kermany_cxr_A_inter_image_auc": 0.931,
+    }  # the run's R_intra-less entries replace the old
     assert json.loads(metadata.read_text())["version"] == "1.0.0"
 
 
@@ -73,7 +88,12 @@ def test_no_bundle_module_imports_the_command_line_or_the_deploy_app():
     offenders = []
     for path in sorted((BUNDLE_ROOT / "scripts").rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             offenders += [f"{path.relative_to(BUNDLE_ROOT)}: {n}" for n in names if n.startswith("ddad_bundle")]
     assert not offenders, offenders

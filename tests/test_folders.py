@@ -13,13 +13,24 @@ from scripts.data.splits import SplitError, load_split
 
 
 def make_tree(root, with_unlabeled=True):
-    data = generate_phantom_dataset(root / "phantoms", "cxr", n_normal=60, n_validation=0, n_unlabeled=40,
-                                    n_test_normal=10, n_test_abnormal=10, size=64, seed=1)
+    data = generate_phantom_dataset(
+        root / "phantoms",
+        "cxr",
+        n_normal=60,
+        n_validation=0,
+        n_unlabeled=40,
+        n_test_normal=10,
+        n_test_abnormal=10,
+        size=64,
+        seed=1,
+    )
     split = json.loads(data.read_text())
     base = data.parent
-    folders = {"normal": [e["image"] for e in split["normal"]],
-               "test/normal": [e["image"] for e in split["test"] if e["label"] == 0],
-               "test/abnormal": [e["image"] for e in split["test"] if e["label"] == 1]}
+    folders = {
+        "normal": [e["image"] for e in split["normal"]],
+        "test/normal": [e["image"] for e in split["test"] if e["label"] == 0],
+        "test/abnormal": [e["image"] for e in split["test"] if e["label"] == 1],
+    }
     if with_unlabeled:
         folders["unlabeled"] = [e["image"] for e in split["unlabeled"]]
     tree = root / "mine"
@@ -56,8 +67,17 @@ def test_missing_folder_and_empty_folder_are_named(tmp_path):
 def test_one_command_trains_both_stages_and_evaluates_a_folder_tree(tmp_path):
     tree = make_tree(tmp_path)
     settings = {k: v for k, v in TINY_RUN.items() if not k.startswith("phantom#")}
-    args = ["fit", "--config_file", str(BUNDLE_ROOT / "configs" / "datasets" / "folder.json"), "--data_dir", str(tree),
-            "--runs_dir", str(tmp_path / "runs"), "--epochs", "2"]
+    args = [
+        "fit",
+        "--config_file",
+        str(BUNDLE_ROOT / "configs" / "datasets" / "folder.json"),
+        "--data_dir",
+        str(tree),
+        "--runs_dir",
+        str(tmp_path / "runs"),
+        "--epochs",
+        "2",
+    ]
     for key, value in settings.items():
         args += [f"--{key}", str(value)]
     assert cli_main(args) == 0

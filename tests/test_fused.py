@@ -6,10 +6,23 @@ import pytest
 import torch
 
 from helpers import crash_then_resume
-from scripts.engines.ensemble import (EnsembleTrainer, MemberBatches, PerMemberTrainer, adam_optimizers, build_ensemble_trainer,
-                              member_seeds, resolve_ensemble_mode, seeded_members)
-from scripts.networks.fused import (FusedAE, join_optimizer_states, load_into_members, split_optimizer_state,
-                           unfuse_state_dict)
+from scripts.engines.ensemble import (
+    EnsembleTrainer,
+    MemberBatches,
+    PerMemberTrainer,
+    adam_optimizers,
+    build_ensemble_trainer,
+    member_seeds,
+    resolve_ensemble_mode,
+    seeded_members,
+)
+from scripts.networks.fused import (
+    FusedAE,
+    join_optimizer_states,
+    load_into_members,
+    split_optimizer_state,
+    unfuse_state_dict,
+)
 from scripts.handlers.training import MemberCheckpoints, final_weights_path
 from scripts.scoring.losses import objective_for
 from scripts.networks.backbones import build_backbone
@@ -31,9 +44,18 @@ def make_trainer(backbone, images, mode, ckpt_dir=None, epochs=2, lr_schedule="c
     seeds = member_seeds(0, "ndm", 3)
     members = seeded_members(factory(backbone), seeds)
     handlers = [MemberCheckpoints(ckpt_dir, "ndm")] if ckpt_dir is not None else []
-    return EnsembleTrainer("cpu", epochs, members, adam_optimizers(members), objective_for(backbone),
-                           MemberBatches(images, seeds, batch_size=8), handlers=handlers, lr_schedule=lr_schedule,
-                           ensemble_mode=mode, **kwargs)
+    return EnsembleTrainer(
+        "cpu",
+        epochs,
+        members,
+        adam_optimizers(members),
+        objective_for(backbone),
+        MemberBatches(images, seeds, batch_size=8),
+        handlers=handlers,
+        lr_schedule=lr_schedule,
+        ensemble_mode=mode,
+        **kwargs,
+    )
 
 
 def alone(backbone, images, epochs=2):
@@ -156,11 +178,16 @@ def test_fused_run_resumes_to_the_same_weights(images, tmp_path):
     reference = make_trainer("ae", images, "fused", tmp_path / "ref", epochs=3, lr_schedule="cosine")
     reference.run()
 
-    resumed = crash_then_resume(lambda: make_trainer("ae", images, "fused", tmp_path / "run", epochs=3, lr_schedule="cosine"),
-                                epoch=3, iteration_in_epoch=2)
+    resumed = crash_then_resume(
+        lambda: make_trainer("ae", images, "fused", tmp_path / "run", epochs=3, lr_schedule="cosine"),
+        epoch=3,
+        iteration_in_epoch=2,
+    )
     for k in range(3):
-        assert torch.equal(torch.load(final_weights_path(tmp_path / "run", "ndm", k))["encoder.0.0.weight"],
-                           reference.members[k].encoder[0][0].weight)
+        assert torch.equal(
+            torch.load(final_weights_path(tmp_path / "run", "ndm", k))["encoder.0.0.weight"],
+            reference.members[k].encoder[0][0].weight,
+        )
         assert_close_states(resumed.members[k].state_dict(), reference.members[k].state_dict(), atol=0)
     # the cosine schedule reached the member optimizers, which the checkpoints hold
     assert all(o.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12) for o in resumed.optimizers)
@@ -173,8 +200,15 @@ def test_fused_without_a_fused_objective_falls_back_to_sequential(images, caplog
     seeds = member_seeds(0, "ndm", 2)
     members = seeded_members(factory("ae"), seeds)
     with caplog.at_level(logging.INFO, logger="ddad"):
-        trainer = EnsembleTrainer("cpu", 1, members, adam_optimizers(members), plain_mse,
-                                  MemberBatches(images, seeds, batch_size=8), ensemble_mode="fused")
+        trainer = EnsembleTrainer(
+            "cpu",
+            1,
+            members,
+            adam_optimizers(members),
+            plain_mse,
+            MemberBatches(images, seeds, batch_size=8),
+            ensemble_mode="fused",
+        )
     assert trainer.ensemble_mode == "sequential"
     assert "no fused form" in caplog.text
 
@@ -191,10 +225,18 @@ def test_per_member_trainer_writes_one_final_file_per_member(images, tmp_path):
     seeds = member_seeds(0, "udm", 2)
     members = seeded_members(factory("ae"), seeds)
     before = [m.encoder[0][0].weight.clone() for m in members]
-    trainer = build_ensemble_trainer(ensemble_mode="per_member", device="cpu", max_epochs=1, members=members,
-                                     optimizers=adam_optimizers(members), objective=objective_for("ae"),
-                                     data=MemberBatches(images, seeds, batch_size=8), module="udm",
-                                     handlers=[MemberCheckpoints(tmp_path, "udm")], channels_last=False)
+    trainer = build_ensemble_trainer(
+        ensemble_mode="per_member",
+        device="cpu",
+        max_epochs=1,
+        members=members,
+        optimizers=adam_optimizers(members),
+        objective=objective_for("ae"),
+        data=MemberBatches(images, seeds, batch_size=8),
+        module="udm",
+        handlers=[MemberCheckpoints(tmp_path, "udm")],
+        channels_last=False,
+    )
     assert isinstance(trainer, PerMemberTrainer)
     trainer.run()
     for k in range(2):
@@ -216,7 +258,13 @@ def test_members_receive_the_fused_weights():
 def test_auto_mode_builds_the_concurrent_trainer_on_a_cpu(images):
     seeds = member_seeds(0, "ndm", 2)
     members = seeded_members(factory("ae"), seeds)
-    built = build_ensemble_trainer(device="cpu", max_epochs=1, members=members, optimizers=adam_optimizers(members),
-                                   objective=objective_for("ae"), data=MemberBatches(images, seeds, batch_size=8),
-                                   threads=2)
+    built = build_ensemble_trainer(
+        device="cpu",
+        max_epochs=1,
+        members=members,
+        optimizers=adam_optimizers(members),
+        objective=objective_for("ae"),
+        data=MemberBatches(images, seeds, batch_size=8),
+        threads=2,
+    )
     assert isinstance(built, EnsembleTrainer) and built.ensemble_mode == "concurrent"  # auto on a CPU

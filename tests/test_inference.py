@@ -43,10 +43,17 @@ def scored(cxr_run, tmp_path_factory):
     Image.fromarray(np.asarray(Image.open(data / abnormal[1]["image"]))).save(inputs / "b.jpg", quality=95)
     dcm = np.asarray(Image.open(data / abnormal[2]["image"])).astype(np.float64)
     write_dicom(inputs / "c.dcm", np.round(4095 - dcm / 255 * 4095), monochrome1=True)
-    nib.save(nib.Nifti1Image(to_nifti_orientation(np.asarray(Image.open(data / normal[0]["image"]), np.float32)), np.eye(4)),
-             str(inputs / "d.nii.gz"))
-    volume = np.stack([to_nifti_orientation(np.asarray(Image.open(data / e["image"]), np.float32))
-                       for e in (normal[0], abnormal[0], abnormal[1])], axis=-1)
+    nib.save(
+        nib.Nifti1Image(to_nifti_orientation(np.asarray(Image.open(data / normal[0]["image"]), np.float32)), np.eye(4)),
+        str(inputs / "d.nii.gz"),
+    )
+    volume = np.stack(
+        [
+            to_nifti_orientation(np.asarray(Image.open(data / e["image"]), np.float32))
+            for e in (normal[0], abnormal[0], abnormal[1])
+        ],
+        axis=-1,
+    )
     nib.save(nib.Nifti1Image(volume, np.diag([0.5, 0.5, 2.0, 1.0])), str(inputs / "vol.nii.gz"))
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     sources.update(a=abnormal[0], b=abnormal[1], c=abnormal[2])
@@ -107,7 +114,9 @@ def test_empty_folder_is_refused_with_one_clear_line(cxr_run, tmp_path, capsys):
     runs_dir, _ = cxr_run
     empty = tmp_path / "empty"
     empty.mkdir()
-    status = cli_main(["score", str(empty), "--out", str(tmp_path / "o"), "--runs_dir", str(runs_dir), "--image_size", "32"])
+    status = cli_main(
+        ["score", str(empty), "--out", str(tmp_path / "o"), "--runs_dir", str(runs_dir), "--image_size", "32"]
+    )
     assert status == 2
     assert f"error: {empty}: no image files found" in capsys.readouterr().err
 
@@ -155,8 +164,11 @@ def test_auto_deploys_r_dual_only_where_its_refiner_is_reliable(cxr_run, tmp_pat
 
     runs_dir, output_dir = cxr_run
     copy = tmp_path / "runs"
-    shutil.copytree(output_dir, copy / output_dir.name,
-                    ignore=shutil.ignore_patterns("*checkpoint*", "eval", "tensorboard", "inference"))
+    shutil.copytree(
+        output_dir,
+        copy / output_dir.name,
+        ignore=shutil.ignore_patterns("*checkpoint*", "eval", "tensorboard", "inference"),
+    )
     models = copy / output_dir.name / "models"
     thresholds = json.loads((models / "threshold.json").read_text())["thresholds"]
     data = runs_dir / "data" / "cxr_phantom"
@@ -166,8 +178,12 @@ def test_auto_deploys_r_dual_only_where_its_refiner_is_reliable(cxr_run, tmp_pat
         record["refiners"]["dual"]["reliable"] = reliable
         (models / "asr_selection.json").write_text(json.dumps(record))
         out = tmp_path / f"scored_{reliable}"
-        assert cli_main(["score", str(data / entry["image"]), "--out", str(out), "--runs_dir", str(copy),
-                         "--image_size", "32"]) == 0
+        assert (
+            cli_main(
+                ["score", str(data / entry["image"]), "--out", str(out), "--runs_dir", str(copy), "--image_size", "32"]
+            )
+            == 0
+        )
         summary = json.loads((out / "summary.json").read_text())
         assert summary["score_name"] == expected, summary["score_reason"]
         assert summary["threshold"] == pytest.approx(thresholds[expected])
@@ -183,8 +199,23 @@ def test_auto_deploys_r_dual_only_where_its_refiner_is_reliable(cxr_run, tmp_pat
     record["refiners"]["dual"]["reliable"] = False
     (models / "asr_selection.json").write_text(json.dumps(record))
     capfd.readouterr()
-    assert cli_main(["score", str(data / entry["image"]), "--out", str(tmp_path / "explicit"), "--runs_dir",
-                     str(copy), "--image_size", "32", "--deploy_score", "R_dual"]) == 0
+    assert (
+        cli_main(
+            [
+                "score",
+                str(data / entry["image"]),
+                "--out",
+                str(tmp_path / "explicit"),
+                "--runs_dir",
+                str(copy),
+                "--image_size",
+                "32",
+                "--deploy_score",
+                "R_dual",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "explicit" / "summary.json").read_text())["score_name"] == "R_dual"
     # the bundle's logging.conf sends the ddad log to the console
     logged = "".join(capfd.readouterr())

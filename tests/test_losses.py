@@ -5,8 +5,15 @@ import math
 import pytest
 import torch
 
-from scripts.scoring.losses import (HeteroscedasticObjective, MemAEObjective, MSEObjective, asr_focal_loss,
-                            attention_entropy, heteroscedastic_loss, objective_for)
+from scripts.scoring.losses import (
+    HeteroscedasticObjective,
+    MemAEObjective,
+    MSEObjective,
+    asr_focal_loss,
+    attention_entropy,
+    heteroscedastic_loss,
+    objective_for,
+)
 from scripts.networks.backbones import AEU, MemAE
 
 
@@ -71,7 +78,7 @@ def test_focal_loss_matches_hand_computation():
     # channels (the normal channel contributes 0 for this pixel), hence the division by 2.
     logits = torch.tensor([0.0, math.log(3.0)]).view(1, 2, 1, 1)
     label = torch.ones(1, 1, 1, 1)
-    expected = -(0.25 ** 2) * math.log(0.75) / 2
+    expected = -(0.25**2) * math.log(0.75) / 2
     assert asr_focal_loss(gamma=2.0)(logits, label).item() == pytest.approx(expected, rel=1e-4)
 
 

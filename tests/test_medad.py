@@ -49,8 +49,10 @@ def make_medad(root, name="BrainTumor", counts=(30, 6, 8, 5, 5), duplicates=(), 
         pixels[(key, i)] = pixels[(src_key, src_i)]
     for (key, i), array in pixels.items():
         Image.fromarray(array).save(folder / "images" / names[key][i])
-    data = {"train": {"0": names["train/0"], "unlabeled": {"0": names["unlabeled/0"], "1": names["unlabeled/1"]}},
-            "test": {"0": names["test/0"], "1": names["test/1"]}}
+    data = {
+        "train": {"0": names["train/0"], "unlabeled": {"0": names["unlabeled/0"], "1": names["unlabeled/1"]}},
+        "test": {"0": names["test/0"], "1": names["test/1"]},
+    }
     (folder / "data.json").write_text(json.dumps(data))
     return folder, names
 
@@ -107,8 +109,9 @@ def test_duplicates_across_sets_are_reported_by_name_and_dropped_on_request(tmp_
     assert any("WARNING 1 pixel-identical" in r.message and names["test/0"][1] in r.message for r in caplog.records)
     assert len(split.test) == 10  # reported, not dropped, by default
 
-    dropped = brain_parser(folder, tmp_path / "runs_drop", n_unlabeled=10, anomaly_rate=0.6,
-                           drop_duplicates=True).get_parsed_content("split")
+    dropped = brain_parser(
+        folder, tmp_path / "runs_drop", n_unlabeled=10, anomaly_rate=0.6, drop_duplicates=True
+    ).get_parsed_content("split")
     test_names = {e["image"].rsplit("/", 1)[1] for e in dropped.test}
     assert len(dropped.test) == 8 and not test_names & {names["test/0"][1], names["test/1"][0]}
     assert len(dropped.unlabeled) == 10 and len(dropped.normal) + len(dropped.validation) == 30
@@ -164,8 +167,23 @@ def test_fit_trains_a_medad_folder_end_to_end_through_the_dataset_config(tmp_pat
     folder, names = make_medad(tmp_path, duplicates=[("test/0", 0, "train/0", 5)])
     runs = tmp_path / "runs"
     settings = {k: v for k, v in TINY_RUN.items() if not k.startswith("phantom#")}
-    argv = ["fit", "--config_file", str(BRAIN_CONFIG), "--data_dir", str(folder), "--runs_dir", str(runs),
-            "--n_unlabeled", "10", "--anomaly_rate", "0.6", "--epochs", "2", "--drop_duplicates", "true"]
+    argv = [
+        "fit",
+        "--config_file",
+        str(BRAIN_CONFIG),
+        "--data_dir",
+        str(folder),
+        "--runs_dir",
+        str(runs),
+        "--n_unlabeled",
+        "10",
+        "--anomaly_rate",
+        "0.6",
+        "--epochs",
+        "2",
+        "--drop_duplicates",
+        "true",
+    ]
     argv += [a for k, v in settings.items() for a in (f"--{k}", str(v))]
     assert cli_main(argv) == 0
     run = runs / "brain_brain_tumor_ae"
@@ -177,15 +195,22 @@ def test_fit_trains_a_medad_folder_end_to_end_through_the_dataset_config(tmp_pat
     assert names["test/0"][0] not in scored and names["test/0"][1] in scored
 
 
-@pytest.mark.skipif(not (SHARED / "splits" / "braintumor_official.json").is_file(),
-                    reason="the reference split files are not in ../shared/splits")
+@pytest.mark.skipif(
+    not (SHARED / "splits" / "braintumor_official.json").is_file(),
+    reason="the reference split files are not in ../shared/splits",
+)
 def test_the_official_brain_tumor_split_gives_the_papers_d_u(tmp_path):
     """The real reference file, with placeholder images of its names (pixels differ per name)."""
     official = json.loads((SHARED / "splits" / "braintumor_official.json").read_text())
     folder = tmp_path / "BrainTumor"
     (folder / "images").mkdir(parents=True)
-    every = official["train"]["0"] + official["train"]["unlabeled"]["0"] + official["train"]["unlabeled"]["1"] + \
-        official["test"]["0"] + official["test"]["1"]
+    every = (
+        official["train"]["0"]
+        + official["train"]["unlabeled"]["0"]
+        + official["train"]["unlabeled"]["1"]
+        + official["test"]["0"]
+        + official["test"]["1"]
+    )
     for name in every:
         (folder / "images" / name).write_bytes(b"")
     (folder / "data.json").write_text(json.dumps(official))
@@ -202,8 +227,15 @@ def test_split_file_key_takes_a_reference_file_with_the_image_dir_key(tmp_path):
     shutil.move(str(folder / "images"), moved)
     parser = ConfigParser()
     parser.read_config([str(CONFIGS / "common.json"), str(CONFIGS / "train.json")])
-    parser.update({"split_file": str(folder / "data.json"), "image_dir": str(moved), "runs_dir": str(tmp_path / "r"),
-                   "modality": "fundus", "dataset": "lag"})
+    parser.update(
+        {
+            "split_file": str(folder / "data.json"),
+            "image_dir": str(moved),
+            "runs_dir": str(tmp_path / "r"),
+            "modality": "fundus",
+            "dataset": "lag",
+        }
+    )
     split = parser.get_parsed_content("split")
     assert split.counts()["unlabeled"] == 14 and split.anomaly_rate() == pytest.approx(8 / 14)  # whole lists
     assert all(e["image"].startswith(str(moved)) for e in split.normal + split.test)

@@ -37,15 +37,27 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path):
 
 def test_an_image_does_not_depend_on_how_many_others_are_made(tmp_path):
     small = generate_phantom_dataset(tmp_path / "s", "brain", seed=1, **SMALL).parent
-    big = generate_phantom_dataset(tmp_path / "b", "brain", seed=1, **{**SMALL, "n_normal": 9, "n_validation": 0}).parent
+    big = generate_phantom_dataset(
+        tmp_path / "b", "brain", seed=1, **{**SMALL, "n_normal": 9, "n_validation": 0}
+    ).parent
     for i in range(4):
         name = f"images/normal_{i:05d}.png"
         assert (small / name).read_bytes() == (big / name).read_bytes()
 
 
 def test_split_counts_exact_anomaly_rate_and_shuffled_labels(tmp_path):
-    split_path = generate_phantom_dataset(tmp_path, "fundus", n_normal=6, n_validation=3, n_unlabeled=40,
-                                          anomaly_rate=0.35, n_test_normal=12, n_test_abnormal=8, size=16, seed=2)
+    split_path = generate_phantom_dataset(
+        tmp_path,
+        "fundus",
+        n_normal=6,
+        n_validation=3,
+        n_unlabeled=40,
+        anomaly_rate=0.35,
+        n_test_normal=12,
+        n_test_abnormal=8,
+        size=16,
+        seed=2,
+    )
     split = _load(split_path)
     assert split["format"] == "ddad-split/1" and split["seed"] == 2 and split["anomaly_rate"] == 0.35
     assert [len(split[k]) for k in ("normal", "validation", "unlabeled", "test")] == [6, 3, 40, 20]
@@ -133,8 +145,10 @@ def test_negative_counts_are_refused(tmp_path, name):
 
 
 def test_unknown_modality_is_refused_listing_the_valid_ones(tmp_path):
-    for call in (lambda: render_phantom("ct", np.random.default_rng(0)),
-                 lambda: generate_phantom_dataset(tmp_path, modality="ct")):
+    for call in (
+        lambda: render_phantom("ct", np.random.default_rng(0)),
+        lambda: generate_phantom_dataset(tmp_path, modality="ct"),
+    ):
         with pytest.raises(ValueError, match="modality must be one of cxr, brain, fundus; got 'ct'"):
             call()
 
@@ -161,17 +175,69 @@ def test_refuses_to_overwrite_a_foreign_split(tmp_path):
 
 def test_two_hundred_images_at_64_are_all_written(tmp_path):
     # Generation speed is reported by benchmarks, not asserted here: a timed assertion fails on a loaded machine.
-    generate_phantom_dataset(tmp_path, "fundus", n_normal=80, n_validation=10, n_unlabeled=60, anomaly_rate=0.5,
-                             n_test_normal=25, n_test_abnormal=25, size=64, seed=0)
+    generate_phantom_dataset(
+        tmp_path,
+        "fundus",
+        n_normal=80,
+        n_validation=10,
+        n_unlabeled=60,
+        anomaly_rate=0.5,
+        n_test_normal=25,
+        n_test_abnormal=25,
+        size=64,
+        seed=0,
+    )
     assert len(list((tmp_path / "images").iterdir())) == 200
 
 
 def test_command_line(tmp_path, capsys):
-    main(["--modality", "brain", "--out", str(tmp_path / "m"), "--seed", "1", "--size", "16", "--n-normal", "2",
-          "--n-validation", "1", "--n-unlabeled", "2", "--anomaly-rate", "0.5", "--n-test-normal", "1",
-          "--n-test-abnormal", "1"])
+    main(
+        [
+            "--modality",
+            "brain",
+            "--out",
+            str(tmp_path / "m"),
+            "--seed",
+            "1",
+            "--size",
+            "16",
+            "--n-normal",
+            "2",
+            "--n-validation",
+            "1",
+            "--n-unlabeled",
+            "2",
+            "--anomaly-rate",
+            "0.5",
+            "--n-test-normal",
+            "1",
+            "--n-test-abnormal",
+            "1",
+        ]
+    )
     assert capsys.readouterr().out.strip() == str(tmp_path / "m" / "split.json")
-    done = subprocess.run([sys.executable, "-m", "scripts.data.phantoms", "--out", str(tmp_path / "c"), "--size", "16",
-                           "--n-normal", "1", "--n-validation", "0", "--n-unlabeled", "3", "--n-test-normal", "1",
-                           "--n-test-abnormal", "0"], cwd=BUNDLE_ROOT, capture_output=True, text=True)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.data.phantoms",
+            "--out",
+            str(tmp_path / "c"),
+            "--size",
+            "16",
+            "--n-normal",
+            "1",
+            "--n-validation",
+            "0",
+            "--n-unlabeled",
+            "3",
+            "--n-test-normal",
+            "1",
+            "--n-test-abnormal",
+            "0",
+        ],
+        cwd=BUNDLE_ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 2 and "anomaly_rate=0.6 with n_unlabeled=3" in done.stderr

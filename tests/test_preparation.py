@@ -76,8 +76,11 @@ def _pid(i):
     return str(uuid.UUID(int=0xABCDEF << 64 | i))
 
 
-RSNA_PIDS = {"Normal": [_pid(i) for i in range(14)], "Lung Opacity": [_pid(100 + i) for i in range(10)],
-             "No Lung Opacity / Not Normal": [_pid(200 + i) for i in range(6)]}
+RSNA_PIDS = {
+    "Normal": [_pid(i) for i in range(14)],
+    "Lung Opacity": [_pid(100 + i) for i in range(10)],
+    "No Lung Opacity / Not Normal": [_pid(200 + i) for i in range(6)],
+}
 MONO2_PID, MONO1_PID = RSNA_PIDS["Normal"][0], RSNA_PIDS["Normal"][1]
 
 
@@ -108,7 +111,9 @@ def make_rsna(root: Path, extra_rows=()):
 VINDR_MIXED = "b" * 32  # "No finding" from two readers, a nodule from the third: abnormal
 
 
-def make_vindr(root: Path, columns=("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")):
+def make_vindr(
+    root: Path, columns=("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max")
+):
     rng = np.random.default_rng(1)
     rows = []
     normals = [f"{i:032x}" for i in range(1, 8)]
@@ -118,13 +123,22 @@ def make_vindr(root: Path, columns=("image_id", "class_name", "class_id", "rad_i
         write_dicom(root / "train" / f"{iid}.dicom", _pixels(rng, (48, 40)), "", **kw)
     for iid in normals:
         rows += [(iid, "No finding", 14, f"R{r}", "", "", "", "") for r in (1, 2, 3)]
-    rows += [(VINDR_MIXED, "No finding", 14, "R1", "", "", "", ""), (VINDR_MIXED, "No finding", 14, "R2", "", "", "", ""),
-             (VINDR_MIXED, "Nodule/Mass", 8, "R3", 10, 12, 20, 22)]
+    rows += [
+        (VINDR_MIXED, "No finding", 14, "R1", "", "", "", ""),
+        (VINDR_MIXED, "No finding", 14, "R2", "", "", "", ""),
+        (VINDR_MIXED, "Nodule/Mass", 8, "R3", 10, 12, 20, 22),
+    ]
     for iid in abnormals[1:]:
-        rows += [(iid, "Aortic enlargement", 0, "R4", 1, 2, 3, 4), (iid, "Cardiomegaly", 3, "R5", 5, 6, 7, 8),
-                 (iid, "Aortic enlargement", 0, "R6", 1, 2, 3, 5)]
-    keep = [i for i, c in enumerate(("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"))
-            if c in columns]
+        rows += [
+            (iid, "Aortic enlargement", 0, "R4", 1, 2, 3, 4),
+            (iid, "Cardiomegaly", 3, "R5", 5, 6, 7, 8),
+            (iid, "Aortic enlargement", 0, "R6", 1, 2, 3, 5),
+        ]
+    keep = [
+        i
+        for i, c in enumerate(("image_id", "class_name", "class_id", "rad_id", "x_min", "y_min", "x_max", "y_max"))
+        if c in columns
+    ]
     with open(root / "train.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(columns)
@@ -139,14 +153,16 @@ def _jpeg(path, rng, shape=(36, 40), rgb=False):
     Image.fromarray(arr).save(path, format="JPEG", quality=90)
 
 
-BRAIN = {("Training", "notumor"): ["Tr-no_%04d" % i for i in range(6)] + ["Tr-noTr_0000"],
-         ("Testing", "notumor"): ["Te-no_%04d" % i for i in range(3)],
-         ("Training", "glioma"): ["Tr-gl_%04d" % i for i in range(3)],
-         ("Testing", "glioma"): ["Te-gl_%04d" % i for i in range(2)],
-         ("Training", "meningioma"): ["Tr-me_%04d" % i for i in range(3)],
-         ("Testing", "meningioma"): ["Te-me_%04d" % i for i in range(2)],
-         ("Training", "pituitary"): ["Tr-pi_%04d" % i for i in range(2)],
-         ("Testing", "pituitary"): ["Te-pi_0000"]}
+BRAIN = {
+    ("Training", "notumor"): ["Tr-no_%04d" % i for i in range(6)] + ["Tr-noTr_0000"],
+    ("Testing", "notumor"): ["Te-no_%04d" % i for i in range(3)],
+    ("Training", "glioma"): ["Tr-gl_%04d" % i for i in range(3)],
+    ("Testing", "glioma"): ["Te-gl_%04d" % i for i in range(2)],
+    ("Training", "meningioma"): ["Tr-me_%04d" % i for i in range(3)],
+    ("Testing", "meningioma"): ["Te-me_%04d" % i for i in range(2)],
+    ("Training", "pituitary"): ["Tr-pi_%04d" % i for i in range(2)],
+    ("Testing", "pituitary"): ["Te-pi_0000"],
+}
 
 
 def make_brain(root: Path):
@@ -168,8 +184,12 @@ def make_lag(root: Path):
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory):
     base = tmp_path_factory.mktemp("sources")
-    return {"rsna": make_rsna(base / "rsna"), "vindr": make_vindr(base / "vindr"),
-            "brain_tumor": make_brain(base / "brain"), "lag": make_lag(base / "lag")}
+    return {
+        "rsna": make_rsna(base / "rsna"),
+        "vindr": make_vindr(base / "vindr"),
+        "brain_tumor": make_brain(base / "brain"),
+        "lag": make_lag(base / "lag"),
+    }
 
 
 def run(dataset, source, out, *extra):
@@ -177,8 +197,18 @@ def run(dataset, source, out, *extra):
 
 
 def sizes(n_normal, n_unlabeled, test_normal, test_abnormal, ar):
-    return ["--n-normal", str(n_normal), "--n-unlabeled", str(n_unlabeled), "--n-test-normal", str(test_normal),
-            "--n-test-abnormal", str(test_abnormal), "--anomaly-rate", str(ar)]
+    return [
+        "--n-normal",
+        str(n_normal),
+        "--n-unlabeled",
+        str(n_unlabeled),
+        "--n-test-normal",
+        str(test_normal),
+        "--n-test-abnormal",
+        str(test_abnormal),
+        "--anomaly-rate",
+        str(ar),
+    ]
 
 
 def read_split(out):
@@ -250,8 +280,22 @@ def test_rsna_counts_intensities_and_rerun(sources, tmp_path):
     assert report(out)["conversion"]["converted"] == 1 and victim.exists()
     assert not list((out / "images").glob("*.tmp"))
     # a different size converts again
-    assert main(["rsna", "--source", str(sources["rsna"]), "--out", str(out), "--size", "24", "--quiet",
-                 *sizes(8, 5, 4, 7, 0.6)]) == 0
+    assert (
+        main(
+            [
+                "rsna",
+                "--source",
+                str(sources["rsna"]),
+                "--out",
+                str(out),
+                "--size",
+                "24",
+                "--quiet",
+                *sizes(8, 5, 4, 7, 0.6),
+            ]
+        )
+        == 0
+    )
     assert report(out)["conversion"]["converted"] == 24
     with Image.open(victim) as im:
         assert im.size == (24, 24)
@@ -265,11 +309,31 @@ def test_rsna_refusals(sources, tmp_path, capsys):
     assert report(tmp_path / "a")["status"] == "refused" and "too small" in report(tmp_path / "a")["error"]
     assert not pngs(tmp_path / "a")  # refused before anything was converted
     with pytest.raises(SplitError, match="abnormal_pool is too small"):
-        prepare("rsna", sources["rsna"], tmp_path / "b", size=SIZE, n_normal=2, n_unlabeled=5, anomaly_rate=0.6,
-                n_test_normal=2, n_test_abnormal=8, log=lambda m: None)
+        prepare(
+            "rsna",
+            sources["rsna"],
+            tmp_path / "b",
+            size=SIZE,
+            n_normal=2,
+            n_unlabeled=5,
+            anomaly_rate=0.6,
+            n_test_normal=2,
+            n_test_abnormal=8,
+            log=lambda m: None,
+        )
     with pytest.raises(SplitError, match="not a whole number"):
-        prepare("rsna", sources["rsna"], tmp_path / "b", size=SIZE, n_normal=2, n_unlabeled=5, anomaly_rate=0.5,
-                n_test_normal=2, n_test_abnormal=2, log=lambda m: None)
+        prepare(
+            "rsna",
+            sources["rsna"],
+            tmp_path / "b",
+            size=SIZE,
+            n_normal=2,
+            n_unlabeled=5,
+            anomaly_rate=0.5,
+            n_test_normal=2,
+            n_test_abnormal=2,
+            log=lambda m: None,
+        )
     # a CSV without the expected column: the file and the column are named
     bad = tmp_path / "badcsv"
     (bad / "stage_2_train_images").mkdir(parents=True)
@@ -298,7 +362,8 @@ def test_rsna_unreadable_and_missing(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "missing" in err and _pid(999) in err and "--skip-unreadable" in err
     (src / "stage_2_detailed_class_info.csv").write_text(
-        (src / "stage_2_detailed_class_info.csv").read_text().replace(f"{_pid(999)},Normal\n", ""))
+        (src / "stage_2_detailed_class_info.csv").read_text().replace(f"{_pid(999)},Normal\n", "")
+    )
     assert run("rsna", src, tmp_path / "o2", *args) == 2
     err = capsys.readouterr().err
     assert "could not be read" in err and any(pid in err for pid in broken)
@@ -327,8 +392,11 @@ def test_vindr_readers_and_columns(sources, tmp_path, capsys):
     assert classes["images per finding"] == {"Aortic enlargement": 4, "Cardiomegaly": 4, "Nodule/Mass": 1}
     # --labels: another CSV (here without the nodule row: the mixed image becomes normal)
     other = tmp_path / "annotations_train.csv"
-    other.write_text("".join(line for line in (sources["vindr"] / "train.csv").read_text().splitlines(True)
-                             if "Nodule/Mass" not in line))
+    other.write_text(
+        "".join(
+            line for line in (sources["vindr"] / "train.csv").read_text().splitlines(True) if "Nodule/Mass" not in line
+        )
+    )
     assert run("vindr", sources["vindr"], tmp_path / "v2", *sizes(3, 4, 2, 2, 0.5), "--labels", str(other)) == 0
     assert report(tmp_path / "v2")["pools"] == {"normal": 8, "abnormal": 4, "draws": 1}
     assert report(tmp_path / "v2")["labels_file"] == str(other)
@@ -359,23 +427,43 @@ def test_brain_tumor_draw_and_pituitary(sources, tmp_path):
 
 
 def _reference(path, lists):
-    path.write_text(json.dumps({"train": {"0": lists["train/0"], "unlabeled": {"0": lists["unlabeled/0"],
-                                                                              "1": lists["unlabeled/1"]}},
-                                "test": {"0": lists["test/0"], "1": lists["test/1"]}}))
+    path.write_text(
+        json.dumps(
+            {
+                "train": {"0": lists["train/0"], "unlabeled": {"0": lists["unlabeled/0"], "1": lists["unlabeled/1"]}},
+                "test": {"0": lists["test/0"], "1": lists["test/1"]},
+            }
+        )
+    )
     return path
 
 
-REF = {"train/0": ["Tr-no_0000.jpg", "Tr-no_0001.jpg", "Tr-no_0002.jpg", "Tr-noTr_0000.jpg"],
-       "unlabeled/0": ["Tr-no_0004.jpg", "Te-no_0000.jpg", "Tr-no_0005.jpg"],
-       "unlabeled/1": ["Tr-gl_0000.jpg", "Te-me_0001.jpg", "Tr-me_0002.jpg", "Tr-gl_0001.jpg"],
-       "test/0": ["Te-no_0001.jpg", "Te-no_0002.jpg"], "test/1": ["Te-gl_0000.jpg", "Tr-me_0000.jpg"]}
+REF = {
+    "train/0": ["Tr-no_0000.jpg", "Tr-no_0001.jpg", "Tr-no_0002.jpg", "Tr-noTr_0000.jpg"],
+    "unlabeled/0": ["Tr-no_0004.jpg", "Te-no_0000.jpg", "Tr-no_0005.jpg"],
+    "unlabeled/1": ["Tr-gl_0000.jpg", "Te-me_0001.jpg", "Tr-me_0002.jpg", "Tr-gl_0001.jpg"],
+    "test/0": ["Te-no_0001.jpg", "Te-no_0002.jpg"],
+    "test/1": ["Te-gl_0000.jpg", "Tr-me_0000.jpg"],
+}
 
 
 def test_brain_tumor_reference_split(sources, tmp_path, capsys):
     ref = _reference(tmp_path / "data.json", REF)
     out = tmp_path / "ref"
-    assert run("brain_tumor", sources["brain_tumor"], out, "--reference-split", str(ref),
-               "--n-unlabeled", "5", "--anomaly-rate", "0.6") == 0
+    assert (
+        run(
+            "brain_tumor",
+            sources["brain_tumor"],
+            out,
+            "--reference-split",
+            str(ref),
+            "--n-unlabeled",
+            "5",
+            "--anomaly-rate",
+            "0.6",
+        )
+        == 0
+    )
     d = check_split(out, 4, 2, 3, 2, 2)
 
     def names(entries, label=None):
@@ -389,18 +477,46 @@ def test_brain_tumor_reference_split(sources, tmp_path, capsys):
     assert {Path(e["source"]).parts[0] for e in d["test"]} == {"Testing", "Training"}
     # resampled: same sizes and rate, drawn from the named images only
     out2 = tmp_path / "resampled"
-    assert run("brain_tumor", sources["brain_tumor"], out2, "--reference-split", str(ref), "--resample-seed", "3",
-               "--n-unlabeled", "5", "--anomaly-rate", "0.6") == 0
+    assert (
+        run(
+            "brain_tumor",
+            sources["brain_tumor"],
+            out2,
+            "--reference-split",
+            str(ref),
+            "--resample-seed",
+            "3",
+            "--n-unlabeled",
+            "5",
+            "--anomaly-rate",
+            "0.6",
+        )
+        == 0
+    )
     d2 = check_split(out2, 4, 2, 3, 2, 2)
     named = {n for v in REF.values() for n in v}
     assert {Path(e["source"]).name for s in SETS for e in d2[s]} <= named and read_split(out2)["seed"] == 3
     # sizes fixed by the reference cannot be overridden; a name that is not there is refused
-    assert run("brain_tumor", sources["brain_tumor"], tmp_path / "x", "--reference-split", str(ref),
-               "--n-normal", "3") == 2
+    assert (
+        run("brain_tumor", sources["brain_tumor"], tmp_path / "x", "--reference-split", str(ref), "--n-normal", "3")
+        == 2
+    )
     assert "cannot be combined with a reference split" in capsys.readouterr().err
     bad = _reference(tmp_path / "bad.json", {**REF, "test/1": ["Te-gl_0000.jpg", "Te-gl_9999.jpg", "Tr-pi_0000.jpg"]})
-    assert run("brain_tumor", sources["brain_tumor"], tmp_path / "y", "--reference-split", str(bad),
-               "--n-unlabeled", "5", "--anomaly-rate", "0.6") == 2
+    assert (
+        run(
+            "brain_tumor",
+            sources["brain_tumor"],
+            tmp_path / "y",
+            "--reference-split",
+            str(bad),
+            "--n-unlabeled",
+            "5",
+            "--anomaly-rate",
+            "0.6",
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "'Te-gl_9999.jpg' (test) not found" in err and "Tr-pi_0000.jpg" in err and "--include-pituitary" in err
 
@@ -423,9 +539,23 @@ def test_lag_gray_then_rgb(sources, tmp_path):
 
 
 def test_command_line_entry_point(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "scripts.tools.preparation", "lag", "--source", str(tmp_path / "none"),
-                           "--out", str(tmp_path / "o")], cwd=BUNDLE, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(BUNDLE)})
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scripts.tools.preparation",
+            "lag",
+            "--source",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(BUNDLE)},
+    )
     assert proc.returncode == 2 and "no such folder" in proc.stderr
 
 
@@ -452,8 +582,9 @@ def test_official_brain_tumor_names_resolve(tmp_path):
         (tmp_path / split / "pituitary" / f"{split[:2]}-pi_0000.jpg").touch()
     scan = scan_brain_tumor(tmp_path)
     _assign_names(scan.items)
-    sets, meta, used = _from_reference(OFFICIAL_BRAIN, scan.items, lambda it: tmp_path / "out" / f"{it.name}.png",
-                                       1000, 0.6, None, "")
+    sets, meta, used = _from_reference(
+        OFFICIAL_BRAIN, scan.items, lambda it: tmp_path / "out" / f"{it.name}.png", 1000, 0.6, None, ""
+    )
     assert len(sets["normal"]) == 1000 and len(sets["unlabeled"]) == 1000 and len(sets["test"]) == 1200
     assert meta["anomaly_rate"] == pytest.approx(0.6) and len(used) == 3200
     assert {e["class"] for e in sets["test"] if e["label"] == 1} == {"glioma", "meningioma"}

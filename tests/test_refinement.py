@@ -8,9 +8,19 @@ import torch
 from scripts.engines.ensemble import seeded_members
 from scripts.networks.backbones import AE
 from scripts.scoring.pipeline import DDADPipeline
-from scripts.engines.refinement import (REFINER_SCORES, RELIABLE_LOSS_RATIO, RELIABLE_SELECTION_AUC, MapExtractor, RefinementTrainer,
-                                RefinerSelection, build_refiners, load_refiner, make_validation_set, map_scales,
-                                refiner_names)
+from scripts.engines.refinement import (
+    REFINER_SCORES,
+    RELIABLE_LOSS_RATIO,
+    RELIABLE_SELECTION_AUC,
+    MapExtractor,
+    RefinementTrainer,
+    RefinerSelection,
+    build_refiners,
+    load_refiner,
+    make_validation_set,
+    map_scales,
+    refiner_names,
+)
 from scripts.handlers.reports import ScoreReport, format_table
 
 
@@ -76,8 +86,9 @@ def test_training_selects_on_validation_and_records_why(extractor, images, tmp_p
         net, scales = load_refiner(tmp_path, name, width=8)
         assert set(scales) >= {"A_intra", "A_inter"}
     # the selected refiners plug into the deployed pipeline
-    pipeline = DDADPipeline(extractor.ndm, extractor.udm, {n: load_refiner(tmp_path, n, width=8)[0] for n in ("dual", "intra")},
-                            scales)
+    pipeline = DDADPipeline(
+        extractor.ndm, extractor.udm, {n: load_refiner(tmp_path, n, width=8)[0] for n in ("dual", "intra")}, scales
+    )
     maps = pipeline(images[:2])
     assert pipeline.primary_score == "R_dual"
     assert 0 <= maps["R_dual"].min() and maps["R_dual"].max() <= 1
@@ -111,8 +122,16 @@ def test_refiners_learn_to_find_synthetic_patches_when_the_maps_show_them(tmp_pa
     g = torch.Generator().manual_seed(0)
     make = lambda n: torch.rand(n, 1, 1, 1, generator=g) * 2 - 1 + 0.01 * torch.randn(n, 1, 32, 32, generator=g)  # noqa: E731
     selection = RefinerSelection(tmp_path, make(30), seed=0)
-    RefinementTrainer("cpu", 3, build_refiners(["dual", "intra"], 0, width=32), DeviationMaps(), make(120), seed=0,
-                      handlers=[selection], scales={"A_intra": 0.1, "A_inter": 0.1}).run()
+    RefinementTrainer(
+        "cpu",
+        3,
+        build_refiners(["dual", "intra"], 0, width=32),
+        DeviationMaps(),
+        make(120),
+        seed=0,
+        handlers=[selection],
+        scales={"A_intra": 0.1, "A_inter": 0.1},
+    ).run()
     assert selection.best["dual"]["val_auc"] > 0.85 and selection.best["intra"]["val_auc"] > 0.85
 
 
@@ -120,8 +139,16 @@ def test_a_refiner_that_never_beats_chance_is_flagged_in_record_log_and_report(e
     # Random maps of random images: nothing for the refiners to learn, so validation AUC stays near 0.5.
     validation = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(9)) * 2 - 1
     selection = RefinerSelection(tmp_path, validation, seed=0)
-    trainer = RefinementTrainer("cpu", 1, build_refiners(["dual", "intra"], seed=0, width=8), extractor, images,
-                                seed=0, batch_size=8, handlers=[selection])
+    trainer = RefinementTrainer(
+        "cpu",
+        1,
+        build_refiners(["dual", "intra"], seed=0, width=8),
+        extractor,
+        images,
+        seed=0,
+        batch_size=8,
+        handlers=[selection],
+    )
     with caplog.at_level("WARNING", logger="ddad"):
         trainer.run()
     record = json.loads((tmp_path / "asr_selection.json").read_text())
@@ -140,7 +167,11 @@ def test_a_refiner_that_never_beats_chance_is_flagged_in_record_log_and_report(e
     response = record["diagnostics"]["patch_response"]["training"]["training_normals"]
     assert set(response) == {"A_rec", "A_intra", "A_inter"}
 
-    metrics = {"A_inter": {"auc": 0.9, "ap": 0.9}, "R_dual": {"auc": 0.3, "ap": 0.4}, "R_intra": {"auc": 0.5, "ap": 0.5}}
+    metrics = {
+        "A_inter": {"auc": 0.9, "ap": 0.9},
+        "R_dual": {"auc": 0.3, "ap": 0.4},
+        "R_intra": {"auc": 0.5, "ap": 0.5},
+    }
     report = ScoreReport(tmp_path / "eval", selection_file=tmp_path / "asr_selection.json")
     report.add_selection(metrics)
     assert metrics["R_dual"]["selection_val_auc"] == pytest.approx(record["refiners"]["dual"]["val_auc"])

@@ -8,8 +8,14 @@ import torch
 
 from scripts.engines.inference import choose_deploy_score, threshold_for
 from scripts.scoring.losses import asr_focal_loss
-from scripts.scoring.refiner_diagnostics import (bootstrap_auc_interval, chance_probability, constant_prediction_loss,
-                                                 paired_share, patch_response, rank_correlations)
+from scripts.scoring.refiner_diagnostics import (
+    bootstrap_auc_interval,
+    chance_probability,
+    constant_prediction_loss,
+    paired_share,
+    patch_response,
+    rank_correlations,
+)
 
 
 def test_paired_share_counts_altered_above_clean_and_ties_as_half():
@@ -67,7 +73,11 @@ def test_bootstrap_interval_and_rank_correlation():
     from sklearn.metrics import roc_auc_score
 
     low, high = bootstrap_auc_interval(labels, scores, n_boot=200, seed=1)
-    assert low < roc_auc_score(labels, scores) < high and high - low < 0.3 and bootstrap_auc_interval(labels, scores, n_boot=200, seed=1) == [low, high]
+    assert (
+        low < roc_auc_score(labels, scores) < high
+        and high - low < 0.3
+        and bootstrap_auc_interval(labels, scores, n_boot=200, seed=1) == [low, high]
+    )
     rho = rank_correlations(scores, {"same": scores * 3, "reversed": -scores})
     assert rho["same"] == pytest.approx(1.0) and rho["reversed"] == pytest.approx(-1.0)
 
@@ -75,14 +85,17 @@ def test_bootstrap_interval_and_rank_correlation():
 SCORES = ["A_rec", "A_rec_ensemble", "A_intra", "A_inter", "R_intra", "R_dual"]
 
 
-@pytest.mark.parametrize("dual, intra, names, expected", [
-    (True, False, SCORES, "R_dual"),
-    (False, True, SCORES, "A_inter"),
-    (False, False, SCORES, "A_inter"),
-    (False, True, ["A_rec", "A_rec_ensemble", "A_intra", "R_intra"], "R_intra"),
-    (False, False, ["A_rec", "A_rec_ensemble", "A_intra", "R_intra"], "A_rec_ensemble"),
-    (False, False, ["A_rec", "A_rec_ensemble", "A_intra", "A_inter"], "A_inter"),
-])
+@pytest.mark.parametrize(
+    "dual, intra, names, expected",
+    [
+        (True, False, SCORES, "R_dual"),
+        (False, True, SCORES, "A_inter"),
+        (False, False, SCORES, "A_inter"),
+        (False, True, ["A_rec", "A_rec_ensemble", "A_intra", "R_intra"], "R_intra"),
+        (False, False, ["A_rec", "A_rec_ensemble", "A_intra", "R_intra"], "A_rec_ensemble"),
+        (False, False, ["A_rec", "A_rec_ensemble", "A_intra", "A_inter"], "A_inter"),
+    ],
+)
 def test_auto_deploys_a_refined_score_only_where_its_refiner_is_reliable(dual, intra, names, expected):
     selection = {"refiners": {"dual": {"reliable": dual}, "intra": {"reliable": intra}}}
     assert choose_deploy_score(names, selection)[0] == expected
@@ -93,8 +106,10 @@ def test_auto_deploys_a_refined_score_only_where_its_refiner_is_reliable(dual, i
 
 
 def test_auto_without_stage_2_and_explicit_scores():
-    assert choose_deploy_score(SCORES[:4], None) == ("A_inter", "no refiner trained: the dual-distribution "
-                                                                "discrepancy A_inter is deployed")
+    assert choose_deploy_score(SCORES[:4], None) == (
+        "A_inter",
+        "no refiner trained: the dual-distribution discrepancy A_inter is deployed",
+    )
     record = {"score": "A_inter", "threshold": 1.0, "thresholds": {"A_inter": 1.0, "A_rec": 2.0}}
     assert threshold_for(record, "A_rec")["threshold"] == 2.0
     with pytest.raises(ValueError, match="deploy_score 'R_dual': threshold.json holds thresholds for A_inter, A_rec"):

@@ -8,12 +8,18 @@ import torch
 import torch.nn.functional as F
 
 from helpers import crash_then_resume
-from scripts.engines.salad import (SaladBatches, SaladSchedule, SaladTrainer, XrayAugment, build_model,
-                                   salad_losses)
+from scripts.engines.salad import SaladBatches, SaladSchedule, SaladTrainer, XrayAugment, build_model, salad_losses
 from scripts.handlers.training import MemberCheckpoints, final_weights_path
 from scripts.networks.salad import SALADNet, halving_layers
-from scripts.scoring.salad import (KNNScore, MemoryBank, nearest_entries, neighbour_mask, neighbourhood_nll,
-                                   probabilities, prototypical)
+from scripts.scoring.salad import (
+    KNNScore,
+    MemoryBank,
+    nearest_entries,
+    neighbour_mask,
+    neighbourhood_nll,
+    probabilities,
+    prototypical,
+)
 
 
 def unit(*rows):
@@ -57,8 +63,9 @@ def test_p_ij_is_the_temperature_softmax_over_the_bank():
     denominator = math.exp(2) + math.exp(0) + math.exp(-2)
     assert p[0].tolist() == pytest.approx([math.exp(2) / denominator, 1 / denominator, math.exp(-2) / denominator])
     excluded = probabilities(z, bank, tau=0.5, exclude=torch.tensor([[False, True, False]]))
-    assert excluded[0].tolist() == pytest.approx([math.exp(2) / (math.exp(2) + math.exp(-2)), 0.0,
-                                                  math.exp(-2) / (math.exp(2) + math.exp(-2))])
+    assert excluded[0].tolist() == pytest.approx(
+        [math.exp(2) / (math.exp(2) + math.exp(-2)), 0.0, math.exp(-2) / (math.exp(2) + math.exp(-2))]
+    )
     with pytest.raises(ValueError, match="tau"):
         probabilities(z, bank, tau=0.0)
 
@@ -196,8 +203,14 @@ def test_knn_score_is_scriptable():
 def test_schedule_phases_follow_the_k_list():
     schedule = SaladSchedule(pretrain_epochs=2, round_epochs=3, neighbours=[1, 5], prototype_fractions=[0.5, 1.0])
     assert schedule.max_epochs == 8
-    assert [schedule.phase(e) for e in (1, 2, 3, 5, 6, 8)] == [(0, 0, 0.0), (0, 0, 0.0), (1, 1, 0.5), (1, 1, 0.5),
-                                                                (2, 5, 1.0), (2, 5, 1.0)]
+    assert [schedule.phase(e) for e in (1, 2, 3, 5, 6, 8)] == [
+        (0, 0, 0.0),
+        (0, 0, 0.0),
+        (1, 1, 0.5),
+        (1, 1, 0.5),
+        (2, 5, 1.0),
+        (2, 5, 1.0),
+    ]
     with pytest.raises(ValueError, match="one per round"):
         SaladSchedule(1, 1, [1, 2], [1.0])
 
@@ -228,7 +241,7 @@ def test_batches_carry_the_pool_indices_and_reshuffle_per_epoch():
 
 def _pool(n=24, size=32, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.rand(n, 1, size, size, generator=g) * 2 - 1)
+    return torch.rand(n, 1, size, size, generator=g) * 2 - 1
 
 
 def _trainer(ckpt_dir, seed=0, pool=None):
@@ -237,8 +250,15 @@ def _trainer(ckpt_dir, seed=0, pool=None):
     model = build_model(lambda: SALADNet(1, 32, embedding_size=16, channels=(4, 8, 8, 8, 8, 8)), len(pool), seed=seed)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3, betas=(0.5, 0.999))
     handlers = [MemberCheckpoints(ckpt_dir, "salad", save_every=1)] if ckpt_dir else []
-    return SaladTrainer("cpu", model, optimizer, SaladBatches(pool, 8, seed), SaladSchedule(1, 1, [2, 4], [0.5, 1.0]),
-                        seed=seed, handlers=handlers)
+    return SaladTrainer(
+        "cpu",
+        model,
+        optimizer,
+        SaladBatches(pool, 8, seed),
+        SaladSchedule(1, 1, [2, 4], [0.5, 1.0]),
+        seed=seed,
+        handlers=handlers,
+    )
 
 
 def test_resume_after_a_crash_gives_identical_weights_and_bank(tmp_path):

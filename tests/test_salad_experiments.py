@@ -11,11 +11,35 @@ from scripts.tools.baselines import baseline_statistics
 from scripts.tools.experiments import SALAD_SCORES, TABLE_SCORES, Schedule
 
 TINY_SIZES = dict(n_normal=16, n_validation=4, n_test_normal=5, n_test_abnormal=5, n_unlabeled=5)
-TINY = (["--no_figures", "--epochs", "1", "--asr_epochs", "1", "--phantom_size", "32", "--image_size", "32",
-         "--num_members", "2", "--batch_size", "8", "--asr_batch_size", "8", "--n_bootstrap", "10",
-         "--salad_pretrain_epochs", "1", "--salad_round_epochs", "1", "--salad_neighbours", "[2]",
-         "--salad_prototype_fractions", "[1.0]", "--salad_k", "5"]
-        + [a for k, v in TINY_SIZES.items() for a in (f"--{k}", str(v))])
+TINY = [
+    "--no_figures",
+    "--epochs",
+    "1",
+    "--asr_epochs",
+    "1",
+    "--phantom_size",
+    "32",
+    "--image_size",
+    "32",
+    "--num_members",
+    "2",
+    "--batch_size",
+    "8",
+    "--asr_batch_size",
+    "8",
+    "--n_bootstrap",
+    "10",
+    "--salad_pretrain_epochs",
+    "1",
+    "--salad_round_epochs",
+    "1",
+    "--salad_neighbours",
+    "[2]",
+    "--salad_prototype_fractions",
+    "[1.0]",
+    "--salad_k",
+    "5",
+] + [a for k, v in TINY_SIZES.items() for a in (f"--{k}", str(v))]
 
 
 def read_csv(path):
@@ -33,8 +57,13 @@ def test_baselines_are_the_image_statistics():
 
 
 def test_salad_cells_get_salad_keys_and_not_ddads_epochs():
-    schedule = Schedule([0], epochs=5, asr_epochs=2, overrides={"image_size": 32, "asr_batch_size": 8},
-                        salad={"salad_pretrain_epochs": 3})
+    schedule = Schedule(
+        [0],
+        epochs=5,
+        asr_epochs=2,
+        overrides={"image_size": 32, "asr_batch_size": 8},
+        salad={"salad_pretrain_epochs": 3},
+    )
     salad = schedule.settings_for("salad")
     assert salad["salad_pretrain_epochs"] == 3 and salad["image_size"] == 32
     assert "epochs" not in salad and "asr_epochs" not in salad and "asr_batch_size" not in salad
@@ -70,8 +99,25 @@ def test_compare_trains_both_methods_on_one_split_beside_the_baselines(tmp_path,
 @pytest.mark.slow
 def test_ar_sweep_runs_salad_cells(tmp_path):
     out = tmp_path / "sweep"
-    assert cli_main(["experiment", "ar_sweep", "--method", "salad", "--dataset", "phantom", "--ars", "0", "0.2",
-                     "--out", str(out)] + TINY) == 0
+    assert (
+        cli_main(
+            [
+                "experiment",
+                "ar_sweep",
+                "--method",
+                "salad",
+                "--dataset",
+                "phantom",
+                "--ars",
+                "0",
+                "0.2",
+                "--out",
+                str(out),
+            ]
+            + TINY
+        )
+        == 0
+    )
     rows = read_csv(out / "ar_sweep.csv")
     assert [float(r["anomaly_rate"]) for r in rows] == [0.0, 0.2]
     assert all(r["A_knn"] != "" and r["A_mse"] != "" for r in rows)

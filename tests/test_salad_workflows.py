@@ -21,11 +21,40 @@ from scripts.data.splits import datalist, load_split
 from scripts.scoring.salad_pipeline import SaladPipeline, load_pipeline
 from scripts.networks.salad import SALADNet
 
-TINY = ["--image_size", "32", "--phantom#size", "64", "--phantom#n_normal", "80", "--phantom#n_validation", "12",
-        "--phantom#n_unlabeled", "60", "--phantom#n_test_normal", "20", "--phantom#n_test_abnormal", "20",
-        "--n_bootstrap", "50", "--progress_bar", "false", "--save_every", "4", "--salad_k", "20"]
-SCHEDULE = ["--salad_pretrain_epochs", "6", "--salad_round_epochs", "2", "--salad_neighbours", "[2, 4, 6]",
-            "--salad_prototype_fractions", "[0.5, 0.75, 1.0]"]
+TINY = [
+    "--image_size",
+    "32",
+    "--phantom#size",
+    "64",
+    "--phantom#n_normal",
+    "80",
+    "--phantom#n_validation",
+    "12",
+    "--phantom#n_unlabeled",
+    "60",
+    "--phantom#n_test_normal",
+    "20",
+    "--phantom#n_test_abnormal",
+    "20",
+    "--n_bootstrap",
+    "50",
+    "--progress_bar",
+    "false",
+    "--save_every",
+    "4",
+    "--salad_k",
+    "20",
+]
+SCHEDULE = [
+    "--salad_pretrain_epochs",
+    "6",
+    "--salad_round_epochs",
+    "2",
+    "--salad_neighbours",
+    "[2, 4, 6]",
+    "--salad_prototype_fractions",
+    "[0.5, 0.75, 1.0]",
+]
 METRIC_KEYS = {"auc", "ap", "auc_ci95", "f1_max", "sens_at_spec95"}
 
 
@@ -38,8 +67,9 @@ def salad_run(tmp_path_factory):
 
 def overrides(runs, **extra):
     pairs = dict(zip(TINY[::2], TINY[1::2]))
-    settings = {k[2:]: json.loads(v) if v[0] in "0123456789[tf" else v for k, v in pairs.items()
-                if k != "--n_bootstrap"}  # an evaluation key: the export's configs do not define it
+    settings = {
+        k[2:]: json.loads(v) if v[0] in "0123456789[tf" else v for k, v in pairs.items() if k != "--n_bootstrap"
+    }  # an evaluation key: the export's configs do not define it
     return dict(settings, runs_dir=str(runs), **extra)
 
 
@@ -107,8 +137,25 @@ def test_score_new_files_gives_score_and_label_and_says_there_is_no_map(salad_ru
         Image.open(entry["image"]).save(folder / f"case{k}.png")
     (folder / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "scored"
-    assert cli_main(["score", str(folder), "--out", str(out), "--method", "salad", "--runs_dir", str(runs),
-                     "--image_size", "32", "--salad_k", "20"]) == 0
+    assert (
+        cli_main(
+            [
+                "score",
+                str(folder),
+                "--out",
+                str(out),
+                "--method",
+                "salad",
+                "--runs_dir",
+                str(runs),
+                "--image_size",
+                "32",
+                "--salad_k",
+                "20",
+            ]
+        )
+        == 0
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["method"] == "salad" and summary["map"].startswith("none")
     assert summary["n_files"] == 4 and summary["n_scored"] == 3 and summary["n_errors"] == 1
@@ -131,7 +178,10 @@ def test_export_reproduces_the_python_scores(salad_run):
     extra = {"metadata.json": "", "inference.json": ""}
     exported = torch.jit.load(str(path), _extra_files=extra)
     meta = json.loads(extra["metadata.json"])
-    assert meta["salad"]["score"] == "A_knn" and meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [32, 32]
+    assert meta["salad"]["score"] == "A_knn" and meta["network_data_format"]["inputs"]["image"]["spatial_shape"] == [
+        32,
+        32,
+    ]
     assert json.loads(extra["inference.json"])["decision_threshold"] == pytest.approx(meta["salad"]["threshold"])
     pipeline = _pipeline(run)
     x = torch.rand(5, 1, 32, 32, generator=torch.Generator().manual_seed(3)) * 2 - 1

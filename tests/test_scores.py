@@ -8,7 +8,7 @@ import torch
 from scripts.scoring.scores import discrepancy_maps, image_scores, member_rec_scores
 
 # One image of 1x2 pixels; three NDM and three UDM members.
-X = torch.tensor([[[[1.0, 0.0]]]])                       # (B=1, C=1, H=1, W=2)
+X = torch.tensor([[[[1.0, 0.0]]]])  # (B=1, C=1, H=1, W=2)
 NDM = torch.tensor([[[[[0.0, 0.0]]]], [[[[1.0, 0.0]]]], [[[[2.0, 3.0]]]]])  # (K=3, 1, 1, 1, 2)
 UDM = torch.tensor([[[[[1.0, 1.0]]]], [[[[1.0, 1.0]]]], [[[[1.0, 4.0]]]]])
 

@@ -26,6 +26,7 @@ SETS = ("normal", "validation", "unlabeled", "test")
 
 def _pools(root: Path, n_normal=60, n_abnormal=40, per_patient=1, touch=False):
     """Labeled pools of (optionally existing) files; per_patient > 1 repeats patient ids."""
+
     def make(prefix, n):
         out = []
         for i in range(n):
@@ -35,6 +36,7 @@ def _pools(root: Path, n_normal=60, n_abnormal=40, per_patient=1, touch=False):
                 path.write_bytes(b"")
             out.append({"image": str(path), "patient_id": f"{prefix}{i // per_patient}"})
         return out
+
     return make("n", n_normal), make("a", n_abnormal)
 
 
@@ -57,10 +59,12 @@ def _write(path: Path, data) -> Path:
 
 
 def _split_dict(**override):
-    d = {"format": "ddad-split/1",
-         "normal": [{"image": f"images/n_{i}.png", "patient_id": f"n{i}"} for i in range(10)],
-         "unlabeled": [{"image": "images/u_0.png", "label": 1}, {"image": "images/u_1.png", "label": 0}],
-         "test": [{"image": "images/t_0.png", "label": 0}, {"image": "images/t_1.png", "label": 1}]}
+    d = {
+        "format": "ddad-split/1",
+        "normal": [{"image": f"images/n_{i}.png", "patient_id": f"n{i}"} for i in range(10)],
+        "unlabeled": [{"image": "images/u_0.png", "label": 1}, {"image": "images/u_1.png", "label": 0}],
+        "test": [{"image": "images/t_0.png", "label": 0}, {"image": "images/t_1.png", "label": 1}],
+    }
     d.update(override)
     return d
 
@@ -80,8 +84,17 @@ def _touch_all(folder: Path, d):
 @pytest.mark.parametrize("rate", [0.0, 0.2, 0.6, 1.0])
 def test_build_exact_counts_and_rate(tmp_path, rate):
     normals, abnormals = _pools(tmp_path)
-    d = build_split(normals, abnormals, n_normal=20, n_unlabeled=10, anomaly_rate=rate,
-                    n_test_normal=8, n_test_abnormal=7, n_validation=5, seed=3)
+    d = build_split(
+        normals,
+        abnormals,
+        n_normal=20,
+        n_unlabeled=10,
+        anomaly_rate=rate,
+        n_test_normal=8,
+        n_test_abnormal=7,
+        n_validation=5,
+        seed=3,
+    )
     assert (len(d["normal"]), len(d["validation"]), len(d["unlabeled"])) == (20, 5, 10)
     assert sum(e["label"] for e in d["unlabeled"]) == round(rate * 10)
     assert [e["label"] for e in d["test"]].count(0) == 8 and [e["label"] for e in d["test"]].count(1) == 7
@@ -105,8 +118,17 @@ def test_build_patient_disjoint(tmp_path):
     # 3 images per patient: sizes not multiples of 3 force partially used patients
     normals, abnormals = _pools(tmp_path, n_normal=90, n_abnormal=60, per_patient=3)
     for seed in range(5):
-        d = build_split(normals, abnormals, n_normal=31, n_unlabeled=20, anomaly_rate=0.55,
-                        n_test_normal=10, n_test_abnormal=11, n_validation=7, seed=seed)
+        d = build_split(
+            normals,
+            abnormals,
+            n_normal=31,
+            n_unlabeled=20,
+            anomaly_rate=0.55,
+            n_test_normal=10,
+            n_test_abnormal=11,
+            n_validation=7,
+            seed=seed,
+        )
         assert [len(d[k]) for k in SETS] == [31, 7, 20, 21]
         assert sum(e["label"] for e in d["unlabeled"]) == 11
         _assert_disjoint(d)
@@ -121,8 +143,17 @@ def test_build_patient_in_both_pools_stays_in_one_set():
     normals = [{"image": f"/d/n{i}.png", "patient_id": f"p{i // 2}"} for i in range(60)]
     abnormals = [{"image": f"/d/a{i}.png", "patient_id": f"p{i // 2}"} for i in range(60)]
     for seed in range(5):
-        d = build_split(normals, abnormals, n_normal=15, n_unlabeled=10, anomaly_rate=0.5,
-                        n_test_normal=5, n_test_abnormal=5, n_validation=3, seed=seed)
+        d = build_split(
+            normals,
+            abnormals,
+            n_normal=15,
+            n_unlabeled=10,
+            anomaly_rate=0.5,
+            n_test_normal=5,
+            n_test_abnormal=5,
+            n_validation=3,
+            seed=seed,
+        )
         home = {}
         for name in SETS:
             for e in d[name]:
@@ -132,15 +163,24 @@ def test_build_patient_in_both_pools_stays_in_one_set():
 def test_build_refuses_infeasible_rate(tmp_path):
     normals, abnormals = _pools(tmp_path)
     with pytest.raises(SplitError, match=r"0\.33.*10.*3/10 = 0\.3.*4/10 = 0\.4"):
-        build_split(normals, abnormals, n_normal=10, n_unlabeled=10, anomaly_rate=0.33,
-                    n_test_normal=5, n_test_abnormal=5)
+        build_split(
+            normals, abnormals, n_normal=10, n_unlabeled=10, anomaly_rate=0.33, n_test_normal=5, n_test_abnormal=5
+        )
 
 
 def test_build_refuses_small_pool_and_writes_nothing(tmp_path):
     normals, abnormals = _pools(tmp_path / "data", n_normal=30, n_abnormal=40)
     with pytest.raises(SplitError) as err:
-        d = build_split(normals, abnormals, n_normal=20, n_unlabeled=10, anomaly_rate=0.2,
-                        n_test_normal=5, n_test_abnormal=5, n_validation=3)
+        d = build_split(
+            normals,
+            abnormals,
+            n_normal=20,
+            n_unlabeled=10,
+            anomaly_rate=0.2,
+            n_test_normal=5,
+            n_test_abnormal=5,
+            n_validation=3,
+        )
         save_split(d, tmp_path / "split.json")
     msg = str(err.value)
     assert "normal_pool" in msg and "36" in msg and "has 30" in msg
@@ -154,8 +194,18 @@ def test_build_refuses_small_pool_and_writes_nothing(tmp_path):
 
 def test_round_trip_relative_paths_survive_a_move(tmp_path):
     normals, abnormals = _pools(tmp_path / "data", touch=True)
-    d = build_split(normals, abnormals, n_normal=20, n_unlabeled=10, anomaly_rate=0.6,
-                    n_test_normal=5, n_test_abnormal=5, n_validation=4, seed=0, description="synthetic")
+    d = build_split(
+        normals,
+        abnormals,
+        n_normal=20,
+        n_unlabeled=10,
+        anomaly_rate=0.6,
+        n_test_normal=5,
+        n_test_abnormal=5,
+        n_validation=4,
+        seed=0,
+        description="synthetic",
+    )
     path = save_split(d, tmp_path / "data" / "split.json")
     written = json.loads(path.read_text())
     assert all(e["image"].startswith("images/") for name in SETS for e in written[name])
@@ -201,8 +251,11 @@ def test_refuses_missing_file(tmp_path):
     d = _split_dict()
     _touch_all(tmp_path, d)
     (tmp_path / "images" / "t_1.png").unlink()
-    with pytest.raises(SplitError, match=r"'test' entry 1 lists images/t_1\.png, which does not exist "
-                                          r"\(looked for .*images/t_1\.png\)"):
+    with pytest.raises(
+        SplitError,
+        match=r"'test' entry 1 lists images/t_1\.png, which does not exist "
+        r"\(looked for .*images/t_1\.png\)",
+    ):
         load_split(_write(tmp_path / "split.json", d))
 
 
@@ -219,21 +272,25 @@ def test_refuses_duplicate_image_across_sets(tmp_path):
 
 
 def test_refuses_patient_in_two_sets(tmp_path):
-    d = _split_dict(test=[{"image": "images/t_0.png", "label": 0, "patient_id": "n7"},
-                          {"image": "images/t_1.png", "label": 1}])
+    d = _split_dict(
+        test=[{"image": "images/t_0.png", "label": 0, "patient_id": "n7"}, {"image": "images/t_1.png", "label": 1}]
+    )
     with pytest.raises(SplitError, match=r"patient_id 'n7' is in 'normal' .* and in 'test'"):
         load_split(_write(tmp_path / "split.json", d), check_files=False)
 
 
-@pytest.mark.parametrize("override, pattern", [
-    ({"normal": []}, r"'normal' is missing or empty"),
-    ({"test": []}, r"'test' is missing or empty"),
-    ({"unlabelled": []}, r"unknown top-level key 'unlabelled' \(did you mean 'unlabeled'\?\)"),
-    ({"format": "ddad-split/2"}, r"'format' must be 'ddad-split/1'"),
-    ({"test": [{"image": "images/t_0.png", "label": 2}]}, r"'test' entry 0 .*'label' must be 0 or 1"),
-    ({"test": [{"image": "images/t_0.png"}]}, r"'test' entry 0 .*need a 'label'"),
-    ({"anomaly_rate": 0.6}, r"'anomaly_rate' is 0\.6 but the labels of 'unlabeled' give 1/2 = 0\.5"),
-])
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ({"normal": []}, r"'normal' is missing or empty"),
+        ({"test": []}, r"'test' is missing or empty"),
+        ({"unlabelled": []}, r"unknown top-level key 'unlabelled' \(did you mean 'unlabeled'\?\)"),
+        ({"format": "ddad-split/2"}, r"'format' must be 'ddad-split/1'"),
+        ({"test": [{"image": "images/t_0.png", "label": 2}]}, r"'test' entry 0 .*'label' must be 0 or 1"),
+        ({"test": [{"image": "images/t_0.png"}]}, r"'test' entry 0 .*need a 'label'"),
+        ({"anomaly_rate": 0.6}, r"'anomaly_rate' is 0\.6 but the labels of 'unlabeled' give 1/2 = 0\.5"),
+    ],
+)
 def test_refuses_bad_files(tmp_path, override, pattern):
     path = _write(tmp_path / "split.json", _split_dict(**override))
     with pytest.raises(SplitError, match=pattern) as err:
@@ -249,8 +306,7 @@ def test_refuses_reference_format_in_load_split(tmp_path):
 
 def test_datalist():
     entries = [{"image": "/a.png"}, {"image": "/b.png", "label": 1, "mask": "/m.png", "patient_id": "p"}]
-    assert datalist(entries) == [{"image": "/a.png", "label": 0},
-                                 {"image": "/b.png", "label": 1, "mask": "/m.png"}]
+    assert datalist(entries) == [{"image": "/a.png", "label": 0}, {"image": "/b.png", "label": 1, "mask": "/m.png"}]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -258,14 +314,20 @@ def test_datalist():
 
 
 def _reference(tmp_path):
-    names = {"train/0": [f"tn_{i}.png" for i in range(20)],
-             "u/0": [f"un_{i}.png" for i in range(12)], "u/1": [f"ua_{i}.png" for i in range(15)],
-             "test/0": [f"sn_{i}.png" for i in range(6)], "test/1": [f"sa_{i}.png" for i in range(6)]}
+    names = {
+        "train/0": [f"tn_{i}.png" for i in range(20)],
+        "u/0": [f"un_{i}.png" for i in range(12)],
+        "u/1": [f"ua_{i}.png" for i in range(15)],
+        "test/0": [f"sn_{i}.png" for i in range(6)],
+        "test/1": [f"sa_{i}.png" for i in range(6)],
+    }
     for n in sum(names.values(), []):
         (tmp_path / "imgs").mkdir(exist_ok=True)
         (tmp_path / "imgs" / n).write_bytes(b"")
-    data = {"train": {"0": names["train/0"], "unlabeled": {"0": names["u/0"], "1": names["u/1"]}},
-            "test": {"0": names["test/0"], "1": names["test/1"]}}
+    data = {
+        "train": {"0": names["train/0"], "unlabeled": {"0": names["u/0"], "1": names["u/1"]}},
+        "test": {"0": names["test/0"], "1": names["test/1"]},
+    }
     return _write(tmp_path / "data.json", data), tmp_path / "imgs", names
 
 
@@ -276,8 +338,9 @@ def test_reference_lists_taken_exactly(tmp_path):
     assert base(s.normal + s.validation) == sorted(names["train/0"]) and len(s.validation) == 2
     assert [Path(e["image"]).name for e in s.unlabeled] == names["u/0"] + names["u/1"]
     assert [e["label"] for e in s.unlabeled] == [0] * 12 + [1] * 15
-    assert [(Path(e["image"]).name, e["label"]) for e in s.test] == \
-        [(n, 0) for n in names["test/0"]] + [(n, 1) for n in names["test/1"]]
+    assert [(Path(e["image"]).name, e["label"]) for e in s.test] == [(n, 0) for n in names["test/0"]] + [
+        (n, 1) for n in names["test/1"]
+    ]
     assert s.anomaly_rate() == 15 / 27 and s.meta["anomaly_rate"] == 15 / 27
     # the reference code's selection: heads of the lists, exact
     h = read_reference_split(path, imgs, n_unlabeled=10, anomaly_rate=0.6)

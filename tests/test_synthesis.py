@@ -21,6 +21,7 @@ def _pair(c=1, h=64, w=64, seed=0):
 
 def _expected_box(cy, cx, size, h, w):
     """The documented rounding, recomputed independently in plain Python."""
+
     def rnd(v):
         return math.floor(v + 0.5)
 
@@ -194,7 +195,12 @@ def test_batch_distribution_matches_ranges():
     g = torch.Generator().manual_seed(0)
     p = sample_batch_params(20000, 64, 64, g)
     assert abs(p.apply.double().mean().item() - 0.5) <= 0.02
-    for values, (lo, hi) in ((p.alpha, (0.0, 1.0)), (p.cy_frac, (0.1, 0.9)), (p.cx_frac, (0.1, 0.9)), (p.size_frac, (0.1, 0.4))):
+    for values, (lo, hi) in (
+        (p.alpha, (0.0, 1.0)),
+        (p.cy_frac, (0.1, 0.9)),
+        (p.cx_frac, (0.1, 0.9)),
+        (p.size_frac, (0.1, 0.4)),
+    ):
         assert values.min() >= lo and values.max() <= hi
         # uniform: mean at the centre, std (hi - lo) / sqrt(12), both within a few % of the width
         assert abs(values.mean().item() - (lo + hi) / 2) <= 0.02 * (hi - lo)
@@ -231,7 +237,9 @@ def test_batch_and_transform_share_the_distribution():
             assert abs(torch.quantile(u.double(), q) - torch.quantile(v.double(), q)) <= 0.05 * width
     # and the pixel areas of the resulting labels agree on average (within 3 %)
     area_batch = apply_batch_params(torch.zeros(n, 1, d, d), p)[1].sum(dim=(1, 2, 3)).double()
-    area_single = torch.tensor([(b[1] - b[0]) * (b[3] - b[2]) for b in
-                                (_expected_box(cy, cx, s, d, d) for cy, cx, s in single_geometry)], dtype=torch.float64)
+    area_single = torch.tensor(
+        [(b[1] - b[0]) * (b[3] - b[2]) for b in (_expected_box(cy, cx, s, d, d) for cy, cx, s in single_geometry)],
+        dtype=torch.float64,
+    )
     assert area_batch.min() > 0 and area_single.min() > 0
     assert abs(area_batch.mean() - area_single.mean()) <= 0.03 * area_single.mean()

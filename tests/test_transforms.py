@@ -39,8 +39,9 @@ def write_png(path, array, mode=None):
     return path
 
 
-def write_dicom(path, stored, photometric="MONOCHROME2", slope=None, intercept=None,
-                center=None, width=None, frames=None):
+def write_dicom(
+    path, stored, photometric="MONOCHROME2", slope=None, intercept=None, center=None, width=None, frames=None
+):
     """A proper DX file: file meta, explicit VR little endian, 12 bits stored in 16."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = DX_SOP_CLASS
@@ -326,13 +327,15 @@ def test_compose_with_resized(tmp_path):
     mask = np.zeros((100, 80), np.uint8)
     mask[40:60, 20:50] = 1
     mask_path = write_png(tmp_path / "m.png", mask)
-    pipeline = Compose([
-        LoadMedicalImaged(keys="image"),
-        LoadMaskd(keys="mask"),
-        ScaleToSymmetricRanged(keys="image"),
-        Resized(keys="image", spatial_size=(64, 64), mode="area"),
-        Resized(keys="mask", spatial_size=(64, 64), mode="nearest"),
-    ])
+    pipeline = Compose(
+        [
+            LoadMedicalImaged(keys="image"),
+            LoadMaskd(keys="mask"),
+            ScaleToSymmetricRanged(keys="image"),
+            Resized(keys="image", spatial_size=(64, 64), mode="area"),
+            Resized(keys="mask", spatial_size=(64, 64), mode="nearest"),
+        ]
+    )
     out = pipeline({"image": str(path), "mask": str(mask_path)})
     img = out["image"]
     assert img.shape == (1, 64, 64) and img.dtype == torch.float32

@@ -35,7 +35,9 @@ ALIASES = {
     # the key `dataset` names the data set (phantom, folder, rsna, ...) in every config
     "evaluating": {"dataset": "test#dataset", "dataset_data": "test#entries"},
 }
-STAGE1 = {k: v for k, v in TINY_RUN.items() if k.startswith("phantom#") or k in ("image_size", "batch_size", "progress_bar")}
+STAGE1 = {
+    k: v for k, v in TINY_RUN.items() if k.startswith("phantom#") or k in ("image_size", "batch_size", "progress_bar")
+}
 
 
 def properties_file(folder, workflow: str, workflow_type: str):
@@ -52,9 +54,14 @@ def properties_file(folder, workflow: str, workflow_type: str):
 
 def build(workflow: str, workflow_type: str, extra=None, **overrides) -> ConfigWorkflow:
     folder = overrides["runs_dir"]
-    flow = ConfigWorkflow(config_file=config_files_for(workflow, extra), meta_file=str(CONFIG_DIR / "metadata.json"),
-                          logging_file=str(CONFIG_DIR / "logging.conf"), workflow_type=workflow_type,
-                          properties_path=properties_file(Path(folder), workflow, workflow_type), **overrides)
+    flow = ConfigWorkflow(
+        config_file=config_files_for(workflow, extra),
+        meta_file=str(CONFIG_DIR / "metadata.json"),
+        logging_file=str(CONFIG_DIR / "logging.conf"),
+        workflow_type=workflow_type,
+        properties_path=properties_file(Path(folder), workflow, workflow_type),
+        **overrides,
+    )
     flow.initialize()
     return flow
 
@@ -76,8 +83,7 @@ def test_training_has_the_model_zoo_train_properties(tmp_path):
 
 
 def test_torchrun_overlay_keeps_one_trainer_block_with_a_loop_per_module(tmp_path):
-    flow = build("training", "train", [CONFIG_DIR / "multi_gpu_train.json"], runs_dir=str(tmp_path), epochs=2,
-                 **STAGE1)
+    flow = build("training", "train", [CONFIG_DIR / "multi_gpu_train.json"], runs_dir=str(tmp_path), epochs=2, **STAGE1)
     # outside torchrun the plan is one process that trains every member
     assert isinstance(flow.trainer, TrainerSequence)
     assert [t.module for t in flow.trainer.trainers] == ["ndm", "udm"]
@@ -100,8 +106,14 @@ def test_training_asr_has_the_model_zoo_train_properties(tmp_path):
 @pytest.mark.slow
 def test_evaluating_has_the_model_zoo_infer_properties(cxr_run):
     runs_dir, _ = cxr_run
-    flow = build("evaluating", "infer", runs_dir=str(runs_dir), image_size=32, n_bootstrap=10,
-                 **{k: v for k, v in STAGE1.items() if k.startswith("phantom#")})
+    flow = build(
+        "evaluating",
+        "infer",
+        runs_dir=str(runs_dir),
+        image_size=32,
+        n_bootstrap=10,
+        **{k: v for k, v in STAGE1.items() if k.startswith("phantom#")},
+    )
     assert flow.check_properties() == []
     assert len(flow.dataset) == 40 and flow.evaluator.data_loader.dataset is flow.dataset
     assert len(flow.dataset_data) == 40 and {e["label"] for e in flow.dataset_data} == {0, 1}

@@ -26,8 +26,11 @@ from holoscan.conditions import CountCondition  # noqa: E402
 from monai.deploy.core import Application  # noqa: E402
 
 from ddad_bundle import __version__  # noqa: E402
-from ddad_bundle.deploy.operators import (BundleInferenceOperator, ImageFolderLoaderOperator,  # noqa: E402
-                                          ResultWriterOperator)
+from ddad_bundle.deploy.operators import (  # noqa: E402
+    BundleInferenceOperator,
+    ImageFolderLoaderOperator,
+    ResultWriterOperator,
+)
 
 logger = logging.getLogger("ddad.deploy")
 

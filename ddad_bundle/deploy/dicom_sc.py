@@ -30,8 +30,17 @@ EMPTY_TYPE2 = ("PatientName", "PatientBirthDate", "PatientSex", "StudyDate", "St
 SERIES_NUMBER = 9901  # high, so viewers list the derived series after the acquired ones
 
 
-def write_secondary_capture(source: Dataset, rgb: np.ndarray, path, score_name: str, score: float,
-                            threshold: float, label: str, series_uid: str | None = None, instance_number: int = 1) -> Path:
+def write_secondary_capture(
+    source: Dataset,
+    rgb: np.ndarray,
+    path,
+    score_name: str,
+    score: float,
+    threshold: float,
+    label: str,
+    series_uid: str | None = None,
+    instance_number: int = 1,
+) -> Path:
     """Write ``rgb`` (H, W, 3) uint8 as a Secondary Capture filed under ``source``'s patient and
     study; returns the path. ``series_uid``: the derived series of this study (new if None), and
     ``instance_number`` the instance's place in it."""
@@ -70,8 +79,9 @@ def write_secondary_capture(source: Dataset, rgb: np.ndarray, path, score_name: 
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.ContentDate = ds.InstanceCreationDate = now.strftime("%Y%m%d")
     ds.ContentTime = ds.InstanceCreationTime = now.strftime("%H%M%S")
-    ds.DerivationDescription = (f"{score_name} anomaly probability over the input; image score {score:.6g} "
-                                f"(threshold {threshold:.6g}): {label}")[:1024]
+    ds.DerivationDescription = (
+        f"{score_name} anomaly probability over the input; image score {score:.6g} (threshold {threshold:.6g}): {label}"
+    )[:1024]
     ds.ImageComments = "Research use only; not for diagnosis."
     ds.BurnedInAnnotation = "NO"
     if "SOPInstanceUID" in source and "SOPClassUID" in source:

@@ -55,8 +55,11 @@ def list_input_files(input_path) -> list[Path]:
         return [input_path]
     if not input_path.is_dir():
         raise FileNotFoundError(f"input {input_path} does not exist")
-    files = sorted(p for p in input_path.rglob("*") if p.is_file()
-                   and not any(part.startswith(HIDDEN_PREFIXES) for part in p.relative_to(input_path).parts))
+    files = sorted(
+        p
+        for p in input_path.rglob("*")
+        if p.is_file() and not any(part.startswith(HIDDEN_PREFIXES) for part in p.relative_to(input_path).parts)
+    )
     if not files:
         raise FileNotFoundError(f"input folder {input_path} holds no files")
     return files
@@ -80,11 +83,16 @@ def classify(path: Path) -> dict:
             return dict(item, status="skipped", reason=f"unreadable DICOM header: {error}")
         modality = str(ds.get("Modality", "")).upper()
         if modality not in SCORED_MODALITIES:
-            return dict(item, status="skipped",
-                        reason=f"DICOM modality {modality or '<none>'!r} is not scored (expected {'/'.join(SCORED_MODALITIES)})")
+            return dict(
+                item,
+                status="skipped",
+                reason=f"DICOM modality {modality or '<none>'!r} is not scored (expected {'/'.join(SCORED_MODALITIES)})",
+            )
         item["dataset"] = ds
     elif fmt not in IMAGE_FORMATS:
-        return dict(item, status="skipped", reason=f"{fmt} files are not read by this application (DICOM CR/DX, PNG, JPEG)")
+        return dict(
+            item, status="skipped", reason=f"{fmt} files are not read by this application (DICOM CR/DX, PNG, JPEG)"
+        )
     return item
 
 
@@ -126,8 +134,10 @@ def resolve_model_path(model_path) -> Path:
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise FileNotFoundError(f"no model.ts at {path} (looked for {', '.join(str(c) for c in candidates)}); "
-                            "write it with `python -m ddad_bundle export`")
+    raise FileNotFoundError(
+        f"no model.ts at {path} (looked for {', '.join(str(c) for c in candidates)}); "
+        "write it with `python -m ddad_bundle export`"
+    )
 
 
 class BundleScorer:
@@ -144,12 +154,16 @@ class BundleScorer:
         try:
             self.parser = get_bundle_config(str(self.model_path), ["inference"])
         except (IOError, KeyError) as error:
-            raise ValueError(f"{self.model_path}: no embedded inference config (extra/inference.json); "
-                             f"re-export it with `python -m ddad_bundle export` ({error})") from error
+            raise ValueError(
+                f"{self.model_path}: no embedded inference config (extra/inference.json); "
+                f"re-export it with `python -m ddad_bundle export` ({error})"
+            ) from error
         for key in ("preprocessing", "array_preprocessing", "postprocessing", "decision_threshold", "deploy_score"):
             if self.parser.get(key) is None:
-                raise KeyError(f"{self.model_path}: the embedded inference config has no {key!r}; "
-                               "re-export with this version of the bundle")
+                raise KeyError(
+                    f"{self.model_path}: the embedded inference config has no {key!r}; "
+                    "re-export with this version of the bundle"
+                )
         requested = device or os.environ.get("DDAD_DEVICE")
         self.device = torch.device(requested) if requested else self.parser.get_parsed_content("device")
         self.network = load_for_inference(self.model_path, self.device)
@@ -162,7 +176,9 @@ class BundleScorer:
         self.postprocessing = self.parser.get_parsed_content("postprocessing")
         self.threshold = float(self.parser.get_parsed_content("decision_threshold"))
         self.score_name = str(self.parser.get_parsed_content("deploy_score"))
-        logger.info("loaded %s (%s, threshold %.6g) on %s", self.model_path, self.score_name, self.threshold, self.device)
+        logger.info(
+            "loaded %s (%s, threshold %.6g) on %s", self.model_path, self.score_name, self.threshold, self.device
+        )
 
     @torch.no_grad()
     def score(self, path) -> dict:
@@ -174,8 +190,12 @@ class BundleScorer:
         anomaly_map = np.asarray(torch.as_tensor(out["pred"]).float()[0])
         if anomaly_map.shape != tuple(raw.shape[1:]):
             raise RuntimeError(f"{path}: the map came back as {anomaly_map.shape}, the image is {tuple(raw.shape[1:])}")
-        return {"score": float(out["score"]), "label": str(out["label"]), "map": anomaly_map,
-                "image": np.asarray(raw).mean(axis=0)}
+        return {
+            "score": float(out["score"]),
+            "label": str(out["label"]),
+            "map": anomaly_map,
+            "image": np.asarray(raw).mean(axis=0),
+        }
 
 
 class BundleInferenceOperator(Operator):
@@ -244,8 +264,9 @@ def write_results(results: list[dict], output_dir) -> dict:
             row["reason"] = result["reason"]
             rows.append(row)
             continue
-        row.update(score_name=result["score_name"], score=result["score"], threshold=result["threshold"],
-                   label=result["label"])
+        row.update(
+            score_name=result["score_name"], score=result["score"], threshold=result["threshold"], label=result["label"]
+        )
         rgb = heat_overlay(result["image"], result["map"])
         Image.fromarray(rgb).save(output_dir / f"{stem}_heatmap.png")
         row["heatmap_png"] = f"{stem}_heatmap.png"
@@ -253,19 +274,37 @@ def write_results(results: list[dict], output_dir) -> dict:
             study = str(result["dataset"].get("StudyInstanceUID", ""))
             series_uid, count = series_uids.get(study, (generate_uid(), 0))
             series_uids[study] = (series_uid, count + 1)
-            write_secondary_capture(result["dataset"], rgb, output_dir / f"{stem}_heatmap.dcm", result["score_name"],
-                                    result["score"], result["threshold"], result["label"], series_uid, count + 1)
+            write_secondary_capture(
+                result["dataset"],
+                rgb,
+                output_dir / f"{stem}_heatmap.dcm",
+                result["score_name"],
+                result["score"],
+                result["threshold"],
+                result["label"],
+                series_uid,
+                count + 1,
+            )
             row["heatmap_dicom"] = f"{stem}_heatmap.dcm"
             row["sop_instance_uid"] = str(result["dataset"].get("SOPInstanceUID", ""))
         (output_dir / f"{stem}.json").write_text(json.dumps(row, indent=2) + "\n")
         row["result_json"] = f"{stem}.json"
         rows.append(row)
-    summary = {"n_files": len(rows), "n_scored": sum(r["status"] == "ok" for r in rows),
-               "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
-               "n_not_scored": sum(r["status"] != "ok" for r in rows), "files": rows}
+    summary = {
+        "n_files": len(rows),
+        "n_scored": sum(r["status"] == "ok" for r in rows),
+        "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
+        "n_not_scored": sum(r["status"] != "ok" for r in rows),
+        "files": rows,
+    }
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logger.info("scored %d of %d files (%d abnormal); results in %s", summary["n_scored"], summary["n_files"],
-                summary["n_abnormal"], output_dir)
+    logger.info(
+        "scored %d of %d files (%d abnormal); results in %s",
+        summary["n_scored"],
+        summary["n_files"],
+        summary["n_abnormal"],
+        output_dir,
+    )
     return summary
 
 

@@ -83,17 +83,24 @@ def image_requirements(pyproject=PYPROJECT) -> str:
         name = re.split(r"[<>=!~ \[;]", spec, maxsplit=1)[0]
         if name not in NOT_IN_IMAGE and spec not in lines:
             lines.append(spec)
-    header = "# Installed into the MONAI Application Package image by `monai-deploy package`.\n" \
-             "# Generated from pyproject.toml: python -m ddad_bundle.deploy.package --write_requirements\n"
+    header = (
+        "# Installed into the MONAI Application Package image by `monai-deploy package`.\n"
+        "# Generated from pyproject.toml: python -m ddad_bundle.deploy.package --write_requirements\n"
+    )
     return header + "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ddad_bundle.deploy.package", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="new folder for the staged application")
-    parser.add_argument("--write_requirements", action="store_true",
-                        help="regenerate deploy/requirements.txt from pyproject.toml and stop")
-    parser.add_argument("--model", default="runs/demo/cxr_phantom_ae/models/model.ts", help="model.ts for the printed command")
+    parser.add_argument(
+        "--write_requirements",
+        action="store_true",
+        help="regenerate deploy/requirements.txt from pyproject.toml and stop",
+    )
+    parser.add_argument(
+        "--model", default="runs/demo/cxr_phantom_ae/models/model.ts", help="model.ts for the printed command"
+    )
     parser.add_argument("--tag", default=f"ddad-cxr:{__version__}", help="image tag for the printed command")
     args = parser.parse_args(argv)
     if args.write_requirements:
@@ -103,8 +110,10 @@ def main(argv=None) -> int:
     if not args.out:
         parser.error("--out is required")
     out = stage_app(args.out)
-    print(f"staged the application in {out}; package it with:\n"
-          f"  monai-deploy package {out} -c {out / 'app.yaml'} -m {args.model} -t {args.tag} --platform x86_64")
+    print(
+        f"staged the application in {out}; package it with:\n"
+        f"  monai-deploy package {out} -c {out / 'app.yaml'} -m {args.model} -t {args.tag} --platform x86_64"
+    )
     return 0
 
 

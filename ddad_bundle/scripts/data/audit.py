@@ -121,31 +121,37 @@ def summarize(split: Split, groups) -> dict:
             first.setdefault(name, os.path.basename(entry["image"]))
         within += len(members) - len(sets)
         for i, a in enumerate(sets):
-            for b in sets[i + 1:]:
+            for b in sets[i + 1 :]:
                 pair = f"{a}/{b}"
                 across[pair] = across.get(pair, 0) + 1
                 if len(names.setdefault(pair, [])) < MAX_NAMES:
                     names[pair].append(f"{first[a]} = {first[b]}")
     rate = split.anomaly_rate()
-    return {"source": split.source, "counts": split.counts(),
-            "unlabeled_anomaly_rate": None if rate is None else round(rate, 6),
-            "duplicates": {"across_sets": across, "examples": names, "within_sets": within,
-                           "groups": len(groups)}}
+    return {
+        "source": split.source,
+        "counts": split.counts(),
+        "unlabeled_anomaly_rate": None if rate is None else round(rate, 6),
+        "duplicates": {"across_sets": across, "examples": names, "within_sets": within, "groups": len(groups)},
+    }
 
 
 def format_report(report: dict) -> list[str]:
     """The report as log lines, one fact per line."""
     c = report["counts"]
-    lines = [f"split {report['source']}",
-             f"  D_n {c['normal']}, validation {c['validation']}, D_u {c['unlabeled']}, "
-             f"test {c['test']} ({c['test_normal']} normal + {c['test_abnormal']} abnormal)"]
+    lines = [
+        f"split {report['source']}",
+        f"  D_n {c['normal']}, validation {c['validation']}, D_u {c['unlabeled']}, "
+        f"test {c['test']} ({c['test_normal']} normal + {c['test_abnormal']} abnormal)",
+    ]
     rate = report["unlabeled_anomaly_rate"]
     if c["unlabeled"]:
         lines.append(f"  D_u anomaly rate used: {'unknown (unlabeled entries)' if rate is None else rate}")
     dup = report["duplicates"]
     for pair, n in dup["across_sets"].items():
-        lines.append(f"  WARNING {n} pixel-identical image(s) in both {pair.replace('/', ' and ')}, e.g. "
-                     + "; ".join(dup["examples"][pair]))
+        lines.append(
+            f"  WARNING {n} pixel-identical image(s) in both {pair.replace('/', ' and ')}, e.g. "
+            + "; ".join(dup["examples"][pair])
+        )
     if dup["within_sets"]:
         lines.append(f"  {dup['within_sets']} image(s) repeat the pixels of another image of the same set")
     return lines
@@ -165,11 +171,15 @@ def audit_split(split: Split, report_dir=None, drop: bool = False, workers: int 
     if drop and report["duplicates"]["across_sets"]:
         cross = [g for g in groups if len({name for name, _ in g}) > 1]
         split, removed = drop_duplicates(split, cross)
-        report = dict(summarize(split, duplicate_groups(split, hashes)), dropped=[
-            {"set": e["set"], "image": e["image"]} for e in removed])
-        LOG.info(f"  drop_duplicates: removed {len(removed)} later-set copies; now D_n {len(split.normal)}, "
-                 f"validation {len(split.validation)}, D_u {len(split.unlabeled)}, test {len(split.test)}, "
-                 f"D_u anomaly rate {report['unlabeled_anomaly_rate']}")
+        report = dict(
+            summarize(split, duplicate_groups(split, hashes)),
+            dropped=[{"set": e["set"], "image": e["image"]} for e in removed],
+        )
+        LOG.info(
+            f"  drop_duplicates: removed {len(removed)} later-set copies; now D_n {len(split.normal)}, "
+            f"validation {len(split.validation)}, D_u {len(split.unlabeled)}, test {len(split.test)}, "
+            f"D_u anomaly rate {report['unlabeled_anomaly_rate']}"
+        )
     elif report["duplicates"]["across_sets"]:
         LOG.info("  (give --drop_duplicates true to keep each such image only in its earliest set)")
     if report_dir is not None:

@@ -70,5 +70,7 @@ def evaluation_loader(entries: list[dict], transform, name: str, batch_size: int
 def for_modality(transforms: dict, modality: str):
     """The preprocessing chain of ``modality`` (config key ``modality``), refusing unknown names."""
     if modality not in transforms:
-        raise ValueError(f"unknown modality {modality!r} (config key 'modality'); choose one of {', '.join(transforms)}")
+        raise ValueError(
+            f"unknown modality {modality!r} (config key 'modality'); choose one of {', '.join(transforms)}"
+        )
     return transforms[modality]

@@ -31,8 +31,10 @@ def _images(folder: Path) -> list[Path]:
 def _required(root: Path, key: str) -> list[Path]:
     folder = root / FOLDERS[key]
     if not folder.is_dir():
-        raise SplitError(f"{root}: the folder {FOLDERS[key]}/ is missing (expected: normal/, test/normal/, "
-                         f"test/abnormal/, optionally unlabeled/)")
+        raise SplitError(
+            f"{root}: the folder {FOLDERS[key]}/ is missing (expected: normal/, test/normal/, "
+            f"test/abnormal/, optionally unlabeled/)"
+        )
     images = _images(folder)
     if not images:
         raise SplitError(f"{folder}: no images found (supported: {', '.join(sorted(SUPPORTED_EXTENSIONS))})")

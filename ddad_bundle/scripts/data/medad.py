@@ -53,8 +53,9 @@ def is_reference_format(path) -> bool:
     return isinstance(data, dict) and "format" not in data and "train" in data
 
 
-def read_any_split(split_file, image_dir=None, n_unlabeled=None, anomaly_rate=None, val_fraction: float = 0.1,
-                   seed: int = 0):
+def read_any_split(
+    split_file, image_dir=None, n_unlabeled=None, anomaly_rate=None, val_fraction: float = 0.1, seed: int = 0
+):
     """A ``ddad-split/1`` file through ``load_split``, or a reference ``data.json``.
 
     For a reference file the image names are resolved in ``image_dir`` (default: ``images/``
@@ -66,19 +67,26 @@ def read_any_split(split_file, image_dir=None, n_unlabeled=None, anomaly_rate=No
     split_file = os.path.abspath(str(split_file))
     if not is_reference_format(split_file):
         if n_unlabeled is not None or anomaly_rate is not None:
-            LOG.info(f"{split_file} lists D_u itself: config keys n_unlabeled/anomaly_rate "
-                     f"({n_unlabeled}, {anomaly_rate}) apply to reference data.json files only")
+            LOG.info(
+                f"{split_file} lists D_u itself: config keys n_unlabeled/anomaly_rate "
+                f"({n_unlabeled}, {anomaly_rate}) apply to reference data.json files only"
+            )
         return load_split(split_file, val_fraction=val_fraction, seed=seed)
     if image_dir is None:
         image_dir = os.path.join(os.path.dirname(split_file), IMAGES)
         if not os.path.isdir(image_dir):
-            raise SplitError(f"{split_file}: a reference-format split names images relative to a folder; give "
-                             f"--image_dir (there is no {IMAGES}/ folder beside the file)")
+            raise SplitError(
+                f"{split_file}: a reference-format split names images relative to a folder; give "
+                f"--image_dir (there is no {IMAGES}/ folder beside the file)"
+            )
     elif not os.path.isdir(str(image_dir)):
-        raise SplitError(f"config key 'image_dir' is {str(image_dir)!r}, not a folder (the images "
-                         f"{os.path.basename(split_file)} names)")
-    return read_reference_split(split_file, image_dir, val_fraction=val_fraction, seed=seed,
-                                n_unlabeled=n_unlabeled, anomaly_rate=anomaly_rate)
+        raise SplitError(
+            f"config key 'image_dir' is {str(image_dir)!r}, not a folder (the images "
+            f"{os.path.basename(split_file)} names)"
+        )
+    return read_reference_split(
+        split_file, image_dir, val_fraction=val_fraction, seed=seed, n_unlabeled=n_unlabeled, anomaly_rate=anomaly_rate
+    )
 
 
 def dataset_split_file(data_dir, dataset: str) -> str:
@@ -90,15 +98,20 @@ def dataset_split_file(data_dir, dataset: str) -> str:
     make = f"python -m scripts.tools.preparation {dataset} --source <download> --out <folder>"
     folder = Path(os.path.abspath(str(data_dir)))
     if not folder.is_dir():
-        raise SplitError(f"config key 'data_dir' is {str(data_dir)!r}, not a folder: give --data_dir, a Med-AD "
-                         f"data set folder (<root>/{FOLDER_NAMES.get(dataset, '<DS>')}, holding images/ and "
-                         f"data.json) or the --out folder of `{make}` (docs/datasets.md)")
+        raise SplitError(
+            f"config key 'data_dir' is {str(data_dir)!r}, not a folder: give --data_dir, a Med-AD "
+            f"data set folder (<root>/{FOLDER_NAMES.get(dataset, '<DS>')}, holding images/ and "
+            f"data.json) or the --out folder of `{make}` (docs/datasets.md)"
+        )
     for name in (PREPARED_FILE, REFERENCE_FILE):
         if (folder / name).is_file():
             return str(folder / name)
     sub = FOLDER_NAMES.get(dataset)
     if sub and (folder / sub / REFERENCE_FILE).is_file():
-        raise SplitError(f"config key 'data_dir' is the Med-AD root {folder}; give the data set's folder: "
-                         f"--data_dir {folder / sub}")
-    raise SplitError(f"{folder}: neither {PREPARED_FILE} (from `{make}`) nor {REFERENCE_FILE} with {IMAGES}/ "
-                     "(a Med-AD / MedIAnomaly-Data folder); config key 'data_dir' must be one of those")
+        raise SplitError(
+            f"config key 'data_dir' is the Med-AD root {folder}; give the data set's folder: --data_dir {folder / sub}"
+        )
+    raise SplitError(
+        f"{folder}: neither {PREPARED_FILE} (from `{make}`) nor {REFERENCE_FILE} with {IMAGES}/ "
+        "(a Med-AD / MedIAnomaly-Data folder); config key 'data_dir' must be one of those"
+    )

@@ -182,15 +182,31 @@ def _sample_cxr(rng):
     """Anatomy and exposure of one chest: pose, lungs, diaphragm, heart, ribs, contrast, noise."""
     u = rng.uniform
     return dict(
-        angle=math.radians(u(-4, 4)), dx=u(-0.05, 0.05), dy=u(-0.04, 0.06),
+        angle=math.radians(u(-4, 4)),
+        dx=u(-0.05, 0.05),
+        dy=u(-0.04, 0.06),
         body_rx=u(0.9, 1.02),
-        lung_cx=u(0.4, 0.46), lung_cy=u(-0.12, -0.05), lung_rx=u(0.3, 0.35), lung_ry=u(0.6, 0.68),
-        left_narrow=u(0.86, 0.96), dome_depth=u(0.1, 0.17), dome_drop=u(0.02, 0.07),
-        heart_cx=u(0.1, 0.16), heart_cy=u(0.3, 0.38), heart_rx=u(0.3, 0.36), heart_ry=u(0.22, 0.27),
+        lung_cx=u(0.4, 0.46),
+        lung_cy=u(-0.12, -0.05),
+        lung_rx=u(0.3, 0.35),
+        lung_ry=u(0.6, 0.68),
+        left_narrow=u(0.86, 0.96),
+        dome_depth=u(0.1, 0.17),
+        dome_drop=u(0.02, 0.07),
+        heart_cx=u(0.1, 0.16),
+        heart_cy=u(0.3, 0.38),
+        heart_rx=u(0.3, 0.36),
+        heart_ry=u(0.22, 0.27),
         heart_tilt=math.radians(u(-30, -15)),
-        rib_spacing=u(0.15, 0.19), rib_phase=u(0, 1), rib_weight=u(0.06, 0.11),
-        contrast=u(0.85, 1.15), brightness=u(-0.06, 0.06), gamma=u(0.85, 1.2),
-        blur=u(0.5, 1.0), noise=u(0.008, 0.025), seed=int(rng.integers(2**63)),
+        rib_spacing=u(0.15, 0.19),
+        rib_phase=u(0, 1),
+        rib_weight=u(0.06, 0.11),
+        contrast=u(0.85, 1.15),
+        brightness=u(-0.06, 0.06),
+        gamma=u(0.85, 1.2),
+        blur=u(0.5, 1.0),
+        noise=u(0.008, 0.025),
+        seed=int(rng.integers(2**63)),
     )
 
 
@@ -213,8 +229,16 @@ def _lung_field(c, p, side):
 
 def _heart(c, p, scale=1.0):
     """Cardiac silhouette, centred left of the midline (image right), optionally enlarged."""
-    return _ellipse(c.x, c.y, p["heart_cx"] + 0.04 * (scale - 1), p["heart_cy"], p["heart_rx"] * scale,
-                    p["heart_ry"] * (1 + 0.6 * (scale - 1)), 3 * c.px, p["heart_tilt"])
+    return _ellipse(
+        c.x,
+        c.y,
+        p["heart_cx"] + 0.04 * (scale - 1),
+        p["heart_cy"],
+        p["heart_rx"] * scale,
+        p["heart_ry"] * (1 + 0.6 * (scale - 1)),
+        3 * c.px,
+        p["heart_tilt"],
+    )
 
 
 def _ribs(c, p):
@@ -272,11 +296,21 @@ def _sample_cxr_lesion(rng, p, kind):
     a = dict(kind=kind, side=side)
     if kind == "opacity":
         a["cx"], a["cy"] = _point_in_lung(rng, p, side)
-        a.update(r=rng.uniform(0.12, 0.22), aspect=rng.uniform(0.7, 1.4), angle=rng.uniform(0, math.pi),
-                 amp=rng.uniform(0.3, 0.45))
+        a.update(
+            r=rng.uniform(0.12, 0.22),
+            aspect=rng.uniform(0.7, 1.4),
+            angle=rng.uniform(0, math.pi),
+            amp=rng.uniform(0.3, 0.45),
+        )
     elif kind == "nodules":
-        a["spots"] = [(*_point_in_lung(rng, p, side if rng.uniform() < 0.7 else -side, 0.7),
-                       rng.uniform(0.05, 0.09), rng.uniform(0.35, 0.55)) for _ in range(rng.integers(1, 4))]
+        a["spots"] = [
+            (
+                *_point_in_lung(rng, p, side if rng.uniform() < 0.7 else -side, 0.7),
+                rng.uniform(0.05, 0.09),
+                rng.uniform(0.35, 0.55),
+            )
+            for _ in range(rng.integers(1, 4))
+        ]
     elif kind == "effusion":
         a.update(height=rng.uniform(0.25, 0.45), amp=rng.uniform(0.85, 1.0))
     elif kind == "cardiomegaly":
@@ -284,8 +318,13 @@ def _sample_cxr_lesion(rng, p, kind):
     elif kind == "pneumothorax":
         a.update(collapse=rng.uniform(0.5, 0.7), dark=rng.uniform(0.2, 0.28))
     elif kind == "consolidation":
-        a.update(upper=bool(rng.uniform() < 0.4), level=rng.uniform(-0.15, 0.2), tilt=rng.uniform(-0.5, 0.5),
-                 amp=rng.uniform(0.3, 0.45), seed=int(rng.integers(2**63)))
+        a.update(
+            upper=bool(rng.uniform() < 0.4),
+            level=rng.uniform(-0.15, 0.2),
+            tilt=rng.uniform(-0.5, 0.5),
+            amp=rng.uniform(0.3, 0.45),
+            seed=int(rng.integers(2**63)),
+        )
     return a
 
 
@@ -354,9 +393,14 @@ def _paint_consolidation(c, p, a):
     c.mask |= region > 0.5
 
 
-_CXR_PAINTERS = dict(opacity=_paint_opacity, nodules=_paint_nodules, effusion=_paint_effusion,
-                     cardiomegaly=_paint_cardiomegaly, pneumothorax=_paint_pneumothorax,
-                     consolidation=_paint_consolidation)
+_CXR_PAINTERS = dict(
+    opacity=_paint_opacity,
+    nodules=_paint_nodules,
+    effusion=_paint_effusion,
+    cardiomegaly=_paint_cardiomegaly,
+    pneumothorax=_paint_pneumothorax,
+    consolidation=_paint_consolidation,
+)
 
 
 # ----------------------------------------------------------------------------- brain MRI
@@ -366,11 +410,25 @@ def _sample_brain(rng):
     """Anatomy and contrast of one T1-like axial slice: head shape, tissue levels, ventricles, noise."""
     u = rng.uniform
     return dict(
-        angle=math.radians(u(-8, 8)), dx=u(-0.04, 0.04), dy=u(-0.04, 0.04),
-        head_rx=u(0.68, 0.78), head_ry=u(0.84, 0.93), scalp=u(0.045, 0.065), bone=u(0.03, 0.045),
-        wm_level=u(0.78, 0.86), gm=u(0.36, 0.44), wm=u(0.6, 0.7), csf=u(0.06, 0.12), scalp_level=u(0.7, 0.88),
-        vent_scale=u(0.75, 1.3), vent_spread=u(0.06, 0.09), vent_angle=math.radians(u(20, 35)),
-        contrast=u(0.9, 1.1), brightness=u(-0.04, 0.04), blur=u(0.4, 0.8), noise=u(0.01, 0.03),
+        angle=math.radians(u(-8, 8)),
+        dx=u(-0.04, 0.04),
+        dy=u(-0.04, 0.04),
+        head_rx=u(0.68, 0.78),
+        head_ry=u(0.84, 0.93),
+        scalp=u(0.045, 0.065),
+        bone=u(0.03, 0.045),
+        wm_level=u(0.78, 0.86),
+        gm=u(0.36, 0.44),
+        wm=u(0.6, 0.7),
+        csf=u(0.06, 0.12),
+        scalp_level=u(0.7, 0.88),
+        vent_scale=u(0.75, 1.3),
+        vent_spread=u(0.06, 0.09),
+        vent_angle=math.radians(u(20, 35)),
+        contrast=u(0.9, 1.1),
+        brightness=u(-0.04, 0.04),
+        blur=u(0.4, 0.8),
+        noise=u(0.01, 0.03),
         seed=int(rng.integers(2**63)),
     )
 
@@ -389,8 +447,9 @@ def _ventricles(c, p, ox=0.0, oy=0.0):
     parts = [_ellipse(c.x, c.y, ox, oy + 0.06 * by, 0.014 * s, 0.06 * s, soft)]
     for side in (-1, 1):
         parts.append(_ellipse(c.x, c.y, ox + side * sp * bx, oy - 0.2 * by, 0.06 * s, 0.16 * s, soft, side * ang))
-        parts.append(_ellipse(c.x, c.y, ox + side * (sp + 0.16) * bx, oy + 0.3 * by, 0.05 * s, 0.13 * s, soft,
-                              -side * 1.2 * ang))
+        parts.append(
+            _ellipse(c.x, c.y, ox + side * (sp + 0.16) * bx, oy + 0.3 * by, 0.05 * s, 0.13 * s, soft, -side * 1.2 * ang)
+        )
     return functools.reduce(np.maximum, parts)
 
 
@@ -433,10 +492,21 @@ def _sample_tumour(rng, p):
     ox, oy = _disc_point(rng, 0.62)
     cx, cy = ox * bx, oy * by
     r = rng.uniform(0.07, 0.16)
-    a = dict(kind="tumour", cx=cx, cy=cy, r=r, aspect=rng.uniform(0.75, 1.3), angle=rng.uniform(0, math.pi),
-             look=str(rng.choice(["solid", "ring", "hetero"])), level=rng.uniform(0.82, 0.97),
-             core=rng.uniform(0.12, 0.3), halo=rng.uniform(1.5, 2.3), oedema=rng.uniform(0.22, 0.34),
-             oedema_alpha=rng.uniform(0.6, 0.9), seed=int(rng.integers(2**63)))
+    a = dict(
+        kind="tumour",
+        cx=cx,
+        cy=cy,
+        r=r,
+        aspect=rng.uniform(0.75, 1.3),
+        angle=rng.uniform(0, math.pi),
+        look=str(rng.choice(["solid", "ring", "hetero"])),
+        level=rng.uniform(0.82, 0.97),
+        core=rng.uniform(0.12, 0.3),
+        halo=rng.uniform(1.5, 2.3),
+        oedema=rng.uniform(0.22, 0.34),
+        oedema_alpha=rng.uniform(0.6, 0.9),
+        seed=int(rng.integers(2**63)),
+    )
     if rng.uniform() < 0.6:  # mass effect: ventricles pushed away from the tumour
         norm = math.hypot(cx, cy) + 1e-6
         push = min(0.1, 0.6 * r * rng.uniform(0.6, 1.0))
@@ -492,13 +562,28 @@ def _sample_fundus(rng):
     u = rng.uniform
     eye = 1 if u() < 0.5 else -1  # +1: disc on the image right
     return dict(
-        eye=eye, fov=u(0.88, 0.95), dx=u(-0.03, 0.03), dy=u(-0.03, 0.03),
-        disc_x=eye * u(0.2, 0.34), disc_y=u(-0.08, 0.08), disc_r=u(0.14, 0.18), disc_aspect=u(1.0, 1.12),
-        cup=u(0.2, 0.45), cup_dx=u(-0.12, 0.12),
-        mac_dist=u(0.5, 0.6), mac_dy=u(0.0, 0.08), mac_r=u(0.1, 0.15), mac_depth=u(0.35, 0.6),
-        retina=(u(0.78, 0.95), u(0.32, 0.45), u(0.08, 0.16)), vign=u(0.25, 0.5),
-        tilt_x=u(-0.12, 0.12), tilt_y=u(-0.12, 0.12), vessel=u(0.7, 0.9),
-        blur=u(0.4, 0.8), noise=u(0.008, 0.02), seed=int(rng.integers(2**63)),
+        eye=eye,
+        fov=u(0.88, 0.95),
+        dx=u(-0.03, 0.03),
+        dy=u(-0.03, 0.03),
+        disc_x=eye * u(0.2, 0.34),
+        disc_y=u(-0.08, 0.08),
+        disc_r=u(0.14, 0.18),
+        disc_aspect=u(1.0, 1.12),
+        cup=u(0.2, 0.45),
+        cup_dx=u(-0.12, 0.12),
+        mac_dist=u(0.5, 0.6),
+        mac_dy=u(0.0, 0.08),
+        mac_r=u(0.1, 0.15),
+        mac_depth=u(0.35, 0.6),
+        retina=(u(0.78, 0.95), u(0.32, 0.45), u(0.08, 0.16)),
+        vign=u(0.25, 0.5),
+        tilt_x=u(-0.12, 0.12),
+        tilt_y=u(-0.12, 0.12),
+        vessel=u(0.7, 0.9),
+        blur=u(0.4, 0.8),
+        noise=u(0.008, 0.02),
+        seed=int(rng.integers(2**63)),
     )
 
 
@@ -517,10 +602,16 @@ def _vessel_tree(rng, p, step):
     trunks = []
     for vert in (-1, 1):
         for _ in range(2):  # an artery and its vein
-            trunks.append((math.atan2(vert, t * 0.35) + rng.normal(0, 0.12), rng.uniform(0.9, 1.3),
-                           -vert * t * rng.uniform(1.4, 2.0)))
-        trunks.append((math.atan2(vert, -t * 0.5) + rng.normal(0, 0.15), rng.uniform(0.5, 0.8),
-                       vert * t * rng.uniform(0.5, 1.1)))
+            trunks.append(
+                (
+                    math.atan2(vert, t * 0.35) + rng.normal(0, 0.12),
+                    rng.uniform(0.9, 1.3),
+                    -vert * t * rng.uniform(1.4, 2.0),
+                )
+            )
+        trunks.append(
+            (math.atan2(vert, -t * 0.5) + rng.normal(0, 0.15), rng.uniform(0.5, 0.8), vert * t * rng.uniform(0.5, 1.1))
+        )
     trunks.append((math.atan2(rng.uniform(-0.2, 0.2), -t), rng.uniform(0.4, 0.6), rng.normal(0, 0.5)))
     thick, thin = [], []
     for angle, length, curv in trunks:
@@ -563,8 +654,15 @@ def _blend(img, alpha, colour):
 def _cup(c, p, ratio, vert=1.0):
     """Optic cup: pale disc inside the optic disc, `ratio` of its radius (`vert` stretches it vertically)."""
     r = p["disc_r"] * ratio
-    return _ellipse(c.x, c.y, p["disc_x"] + p["cup_dx"] * p["disc_r"], p["disc_y"], r,
-                    min(r * p["disc_aspect"] * vert, 0.92 * p["disc_r"] * p["disc_aspect"]), 0.3 * r)
+    return _ellipse(
+        c.x,
+        c.y,
+        p["disc_x"] + p["cup_dx"] * p["disc_r"],
+        p["disc_y"],
+        r,
+        min(r * p["disc_aspect"] * vert, 0.92 * p["disc_r"] * p["disc_aspect"]),
+        0.3 * r,
+    )
 
 
 def _render_fundus(p, lesions, size, rgb):
@@ -574,8 +672,7 @@ def _render_fundus(p, lesions, size, rgb):
     tex = np.random.default_rng(p["seed"])
     r = np.sqrt(c.x**2 + c.y**2)
     fov = _step(r - p["fov"], 2 * c.px)
-    illum = (1 - p["vign"] * (r / p["fov"]) ** 2 + p["tilt_x"] * c.x + p["tilt_y"] * c.y
-             + 0.05 * _noise(tex, size, 7))
+    illum = 1 - p["vign"] * (r / p["fov"]) ** 2 + p["tilt_x"] * c.x + p["tilt_y"] * c.y + 0.05 * _noise(tex, size, 7)
     c.illum = illum[..., None]
     img = c.illum * _colour(rgb, p["retina"])
     mx, my = p["disc_x"] + p["eye"] * -p["mac_dist"], p["disc_y"] + p["mac_dy"]
@@ -614,8 +711,16 @@ def _sample_fundus_lesion(rng, p, kind):
         spots = []
         for _ in range(rng.integers(2, 8)):
             x, y = _away_from_disc(rng, p, 0.75 * p["fov"])
-            spots.append((x, y, rng.uniform(0.035, 0.075), rng.uniform(1.0, 2.2),
-                          math.atan2(y - p["disc_y"], x - p["disc_x"]) + math.pi / 2, rng.uniform(0.75, 0.95)))
+            spots.append(
+                (
+                    x,
+                    y,
+                    rng.uniform(0.035, 0.075),
+                    rng.uniform(1.0, 2.2),
+                    math.atan2(y - p["disc_y"], x - p["disc_x"]) + math.pi / 2,
+                    rng.uniform(0.75, 0.95),
+                )
+            )
         return dict(kind=kind, spots=spots)
     mx, my = p["disc_x"] - p["eye"] * p["mac_dist"], p["disc_y"] + p["mac_dy"]
     cx, cy = _disc_point(rng, 0.2)
@@ -624,8 +729,16 @@ def _sample_fundus_lesion(rng, p, kind):
         ox, oy = _disc_point(rng, 0.18)
         x, y = mx + cx + ox, my + cy + oy
         if math.hypot(x, y) < 0.85 * p["fov"]:
-            spots.append((x, y, rng.uniform(0.025, 0.05), rng.uniform(1.0, 1.6), rng.uniform(0, math.pi),
-                          rng.uniform(0.75, 0.95)))
+            spots.append(
+                (
+                    x,
+                    y,
+                    rng.uniform(0.025, 0.05),
+                    rng.uniform(1.0, 1.6),
+                    rng.uniform(0, math.pi),
+                    rng.uniform(0.75, 0.95),
+                )
+            )
     return dict(kind=kind, spots=spots or [(mx, my, 0.05, 1.0, 0.0, 0.9)])
 
 
@@ -641,21 +754,26 @@ def _paint_cup_mask(c, p, a):
 
 def _paint_spots(colour, lit):
     """Painter for round/flame-shaped spots of one colour (haemorrhages dark red, exudates yellow)."""
+
     def paint(c, p, a):
         col = _colour(c.rgb, colour) * (c.illum if lit else 1.0)
         for x, y, r, aspect, angle, alpha in a["spots"]:
             spot = _ellipse(c.x, c.y, x, y, r, r * aspect, 0.35 * r + c.px, angle) * c.fov
             _blend(c.img, alpha * spot, col)
             c.mask |= spot > 0.5
+
     return paint
 
 
-_FUNDUS_PAINTERS = dict(cup=_paint_cup_mask, haemorrhages=_paint_spots(_BLOOD, True),
-                        exudates=_paint_spots(_EXUDATE, False))
+_FUNDUS_PAINTERS = dict(
+    cup=_paint_cup_mask, haemorrhages=_paint_spots(_BLOOD, True), exudates=_paint_spots(_EXUDATE, False)
+)
 
-_SAMPLERS = dict(cxr=(_sample_cxr, _sample_cxr_lesions, _render_cxr),
-                 brain=(_sample_brain, _sample_brain_lesions, _render_brain),
-                 fundus=(_sample_fundus, _sample_fundus_lesions, _render_fundus))
+_SAMPLERS = dict(
+    cxr=(_sample_cxr, _sample_cxr_lesions, _render_cxr),
+    brain=(_sample_brain, _sample_brain_lesions, _render_brain),
+    fundus=(_sample_fundus, _sample_fundus_lesions, _render_fundus),
+)
 
 
 # ----------------------------------------------------------------------------- public API
@@ -668,8 +786,9 @@ def _check_modality(modality):
     return modality
 
 
-def render_phantom(modality: str, rng: np.random.Generator, size: int = 128, abnormal: bool = False,
-                   rgb: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def render_phantom(
+    modality: str, rng: np.random.Generator, size: int = 128, abnormal: bool = False, rgb: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Render one phantom subject, with one or two anomalies when `abnormal`.
 
     Returns the image, float32 in [0, 1] of shape (size, size), or (size, size, 3) when `rgb`
@@ -715,7 +834,8 @@ def _abnormal_unlabeled(anomaly_rate, n_unlabeled):
         raise ValueError(
             f"anomaly_rate={rate!r} with n_unlabeled={n_unlabeled} asks for {exact:.6g} abnormal unlabeled images, "
             f"not a whole number; reachable rates nearby are {lo}/{n_unlabeled}={lo / n_unlabeled:.6g} "
-            f"and {hi}/{n_unlabeled}={hi / n_unlabeled:.6g}")
+            f"and {hi}/{n_unlabeled}={hi / n_unlabeled:.6g}"
+        )
     return k
 
 
@@ -747,8 +867,10 @@ def _existing_split(split_path, generator):
     except (ValueError, AttributeError):
         made_here = False
     if not made_here:
-        raise ValueError(f"out_dir {split_path.parent} holds a split.json not written by the phantom generator; "
-                         "refusing to overwrite it: choose another out_dir")
+        raise ValueError(
+            f"out_dir {split_path.parent} holds a split.json not written by the phantom generator; "
+            "refusing to overwrite it: choose another out_dir"
+        )
     if old["generator"] != generator:
         return "ours"
     root = split_path.parent
@@ -768,9 +890,19 @@ def _clear(out):
         (out / name).unlink(missing_ok=True)
 
 
-def generate_phantom_dataset(out_dir, modality="cxr", n_normal=400, n_validation=40, n_unlabeled=400,
-                             anomaly_rate=0.6, n_test_normal=100, n_test_abnormal=100, size=128, seed=0,
-                             rgb=False) -> pathlib.Path:
+def generate_phantom_dataset(
+    out_dir,
+    modality="cxr",
+    n_normal=400,
+    n_validation=40,
+    n_unlabeled=400,
+    anomaly_rate=0.6,
+    n_test_normal=100,
+    n_test_abnormal=100,
+    size=128,
+    seed=0,
+    rgb=False,
+) -> pathlib.Path:
     """Writes images and masks under out_dir and a split file out_dir/'split.json'; returns the split file path.
 
     Files: images/<role>_<index:05d>.png (roles normal, validation, unlabeled, test) and
@@ -781,9 +913,16 @@ def generate_phantom_dataset(out_dir, modality="cxr", n_normal=400, n_validation
     realise exactly.
     """
     _check_modality(modality)
-    counts = {name: _check_count(name, value, minimum) for name, value, minimum in (
-        ("n_normal", n_normal, 1), ("n_validation", n_validation, 0), ("n_unlabeled", n_unlabeled, 0),
-        ("n_test_normal", n_test_normal, 0), ("n_test_abnormal", n_test_abnormal, 0))}
+    counts = {
+        name: _check_count(name, value, minimum)
+        for name, value, minimum in (
+            ("n_normal", n_normal, 1),
+            ("n_validation", n_validation, 0),
+            ("n_unlabeled", n_unlabeled, 0),
+            ("n_test_normal", n_test_normal, 0),
+            ("n_test_abnormal", n_test_abnormal, 0),
+        )
+    }
     if counts["n_test_normal"] + counts["n_test_abnormal"] < 1:
         raise ValueError("n_test_normal + n_test_abnormal must be >= 1: the split format needs a non-empty test set")
     seed = _check_count("seed", seed, 0)
@@ -791,8 +930,16 @@ def generate_phantom_dataset(out_dir, modality="cxr", n_normal=400, n_validation
     if rgb and modality != "fundus":
         raise ValueError(f"rgb=True is supported for modality 'fundus' only, not {modality!r}")
     n_abnormal = _abnormal_unlabeled(anomaly_rate, counts["n_unlabeled"])
-    generator = dict(name=GENERATOR, version=GENERATOR_VERSION, modality=modality, **counts,
-                     anomaly_rate=float(anomaly_rate), size=size, seed=seed, rgb=bool(rgb))
+    generator = dict(
+        name=GENERATOR,
+        version=GENERATOR_VERSION,
+        modality=modality,
+        **counts,
+        anomaly_rate=float(anomaly_rate),
+        size=size,
+        seed=seed,
+        rgb=bool(rgb),
+    )
     out = pathlib.Path(out_dir)
     split_path = out / "split.json"
     state = _existing_split(split_path, generator)
@@ -803,11 +950,12 @@ def generate_phantom_dataset(out_dir, modality="cxr", n_normal=400, n_validation
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
 
-    plan = {"normal": np.zeros(counts["n_normal"], np.int64),
-            "validation": np.zeros(counts["n_validation"], np.int64),
-            "unlabeled": _labels(seed, "unlabeled", counts["n_unlabeled"], n_abnormal),
-            "test": _labels(seed, "test", counts["n_test_normal"] + counts["n_test_abnormal"],
-                            counts["n_test_abnormal"])}
+    plan = {
+        "normal": np.zeros(counts["n_normal"], np.int64),
+        "validation": np.zeros(counts["n_validation"], np.int64),
+        "unlabeled": _labels(seed, "unlabeled", counts["n_unlabeled"], n_abnormal),
+        "test": _labels(seed, "test", counts["n_test_normal"] + counts["n_test_abnormal"], counts["n_test_abnormal"]),
+    }
     entries = {role: _write_role(out, modality, role, labels, size, seed, rgb) for role, labels in plan.items()}
     for role in ("unlabeled", "test"):  # listing order shuffled too, so labels are not sorted in any sense
         order = np.random.default_rng([seed, _ORDER_STREAM + ROLE_CODES[role]]).permutation(len(entries[role]))
@@ -816,13 +964,21 @@ def generate_phantom_dataset(out_dir, modality="cxr", n_normal=400, n_validation
         for e in entries[role]:
             del e["label"]
 
-    description = (f"Synthetic {modality} phantoms from ddad_bundle scripts/data/phantoms.py (generator version "
-                   f"{GENERATOR_VERSION}), seed {seed}, {size}x{size}{' RGB' if rgb else ' grayscale'}; every image is "
-                   f"a distinct synthetic subject. Unlabeled: {n_abnormal} of {counts['n_unlabeled']} abnormal; "
-                   f"test: {counts['n_test_normal']} normal + {counts['n_test_abnormal']} abnormal with lesion masks.")
+    description = (
+        f"Synthetic {modality} phantoms from ddad_bundle scripts/data/phantoms.py (generator version "
+        f"{GENERATOR_VERSION}), seed {seed}, {size}x{size}{' RGB' if rgb else ' grayscale'}; every image is "
+        f"a distinct synthetic subject. Unlabeled: {n_abnormal} of {counts['n_unlabeled']} abnormal; "
+        f"test: {counts['n_test_normal']} normal + {counts['n_test_abnormal']} abnormal with lesion masks."
+    )
     realised = n_abnormal / counts["n_unlabeled"] if counts["n_unlabeled"] else 0.0  # equals the request when any
-    split = {"format": FORMAT, "description": description, "seed": seed, "anomaly_rate": realised,
-             "generator": generator, "normal": entries["normal"]}
+    split = {
+        "format": FORMAT,
+        "description": description,
+        "seed": seed,
+        "anomaly_rate": realised,
+        "generator": generator,
+        "normal": entries["normal"],
+    }
     if counts["n_validation"]:  # absent (not empty) lets the loader hold out its own share of `normal`
         split["validation"] = entries["validation"]
     split["unlabeled"] = entries["unlabeled"]
@@ -850,12 +1006,14 @@ def _write_role(out, modality, role, labels, size, seed, rgb):
 
 def _write_readme(out, description, counts, n_abnormal):
     """One paragraph saying what the folder holds, for someone who finds it without the code."""
-    text = (f"{description} Counts: {counts['n_normal']} known-normal training images (images/normal_*), "
-            f"{counts['n_validation']} validation normals (images/validation_*), {counts['n_unlabeled']} unlabeled "
-            f"images (images/unlabeled_*, {n_abnormal} abnormal; labels in split.json for bookkeeping only), "
-            f"{counts['n_test_normal'] + counts['n_test_abnormal']} test images (images/test_*) with binary lesion "
-            "masks (masks/test_*, 0/255, empty for normal images). No real patient data: regenerate with "
-            "`python -m scripts.data.phantoms` from ddad_bundle/ using the parameters in split.json's \"generator\" key.\n")
+    text = (
+        f"{description} Counts: {counts['n_normal']} known-normal training images (images/normal_*), "
+        f"{counts['n_validation']} validation normals (images/validation_*), {counts['n_unlabeled']} unlabeled "
+        f"images (images/unlabeled_*, {n_abnormal} abnormal; labels in split.json for bookkeeping only), "
+        f"{counts['n_test_normal'] + counts['n_test_abnormal']} test images (images/test_*) with binary lesion "
+        "masks (masks/test_*, 0/255, empty for normal images). No real patient data: regenerate with "
+        '`python -m scripts.data.phantoms` from ddad_bundle/ using the parameters in split.json\'s "generator" key.\n'
+    )
     (out / "README.txt").write_text(text)
 
 
@@ -875,8 +1033,19 @@ def main(argv=None):
     ap.add_argument("--rgb", action="store_true", help="3-channel colour images (fundus only)")
     a = ap.parse_args(argv)
     try:
-        path = generate_phantom_dataset(a.out, a.modality, a.n_normal, a.n_validation, a.n_unlabeled,
-                                        a.anomaly_rate, a.n_test_normal, a.n_test_abnormal, a.size, a.seed, a.rgb)
+        path = generate_phantom_dataset(
+            a.out,
+            a.modality,
+            a.n_normal,
+            a.n_validation,
+            a.n_unlabeled,
+            a.anomaly_rate,
+            a.n_test_normal,
+            a.n_test_abnormal,
+            a.size,
+            a.seed,
+            a.rgb,
+        )
     except ValueError as e:
         ap.error(str(e))
     print(path)

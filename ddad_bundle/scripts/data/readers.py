@@ -355,9 +355,7 @@ def _apply_voi(values: np.ndarray, ds: Any, name: str) -> tuple[np.ndarray, bool
     return values, False
 
 
-def read_dicom_intensities(
-    path_or_dataset: Any, voi_window: bool = True, robust_clip: bool = False
-) -> np.ndarray:
+def read_dicom_intensities(path_or_dataset: Any, voi_window: bool = True, robust_clip: bool = False) -> np.ndarray:
     """Presentation intensities of a single-frame DICOM image, float32 ``(H, W)`` (``(H, W, 3)`` for colour).
 
     Order (DICOM grayscale pipeline): Modality LUT Sequence or ``RescaleSlope * stored +
@@ -376,7 +374,9 @@ def read_dicom_intensities(
     ds, name = _dicom_dataset(path_or_dataset)
     frames = ds.get("NumberOfFrames")
     if frames not in (None, "") and int(frames) > 1:
-        raise ImageLoadError(name, f"multi-frame DICOM ({int(frames)} frames) is not supported; expected a single 2D frame")
+        raise ImageLoadError(
+            name, f"multi-frame DICOM ({int(frames)} frames) is not supported; expected a single 2D frame"
+        )
     if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise ImageLoadError(name, "DICOM object has no pixel data")
     try:
@@ -533,8 +533,9 @@ class MedicalImageReader(ImageReader):
         robust_clip: DICOM without an applied window: clip to the 0.5 / 99.5 percentiles.
     """
 
-    def __init__(self, channels: int = 1, nifti_slice: NiftiSlice = "middle", voi_window: bool = True,
-                 robust_clip: bool = False) -> None:
+    def __init__(
+        self, channels: int = 1, nifti_slice: NiftiSlice = "middle", voi_window: bool = True, robust_clip: bool = False
+    ) -> None:
         super().__init__()
         self.channels = _check_channels(channels)
         self.nifti_slice = _check_nifti_slice(nifti_slice)
@@ -554,8 +555,12 @@ class MedicalImageReader(ImageReader):
     def get_data(self, img: tuple[np.ndarray, str]) -> tuple[np.ndarray, dict]:
         arr, fmt = img
         chw = np.ascontiguousarray(_to_channels(arr, self.channels), dtype=np.float32)
-        meta = {"source_format": fmt, "source_channels": 1 if arr.ndim == 2 else 3,
-                "spatial_shape": np.asarray(chw.shape[1:]), "original_channel_dim": 0}
+        meta = {
+            "source_format": fmt,
+            "source_channels": 1 if arr.ndim == 2 else 3,
+            "spatial_shape": np.asarray(chw.shape[1:]),
+            "original_channel_dim": 0,
+        }
         return chw, meta
 
 
@@ -584,8 +589,9 @@ class LoadMedicalImage(LoadImage):
     """Path -> ``(C, H, W)`` float32 ``MetaTensor``: MONAI's ``LoadImage`` with a
     ``MedicalImageReader`` (its arguments are this transform's; see there)."""
 
-    def __init__(self, channels: int = 1, nifti_slice: NiftiSlice = "middle", voi_window: bool = True,
-                 robust_clip: bool = False) -> None:
+    def __init__(
+        self, channels: int = 1, nifti_slice: NiftiSlice = "middle", voi_window: bool = True, robust_clip: bool = False
+    ) -> None:
         self.medical_reader = MedicalImageReader(channels, nifti_slice, voi_window, robust_clip)
         with _quiet_default_readers():
             super().__init__(reader=self.medical_reader, image_only=True, dtype=np.float32, expanduser=False)
@@ -615,8 +621,13 @@ class LoadMask(LoadMedicalImage):
         return (super().__call__(filename, reader) > self.threshold).to(torch.float32)
 
 
-def load_image(path: PathLike, channels: int = 1, nifti_slice: NiftiSlice = "middle", voi_window: bool = True,
-               robust_clip: bool = False) -> MetaTensor:
+def load_image(
+    path: PathLike,
+    channels: int = 1,
+    nifti_slice: NiftiSlice = "middle",
+    voi_window: bool = True,
+    robust_clip: bool = False,
+) -> MetaTensor:
     """Read one 2D image as a float32 ``MetaTensor`` ``(channels, H, W)``; see the module doc."""
     return _loader(channels, nifti_slice, voi_window, robust_clip)(path)
 
@@ -635,8 +646,15 @@ def load_mask(path: PathLike, threshold: float = 0.0, nifti_slice: NiftiSlice = 
 class LoadMedicalImaged(LoadImaged):
     """Dictionary version of :class:`LoadMedicalImage` (MONAI's ``LoadImaged`` with its loader)."""
 
-    def __init__(self, keys: KeysCollection, channels: int = 1, nifti_slice: NiftiSlice = "middle",
-                 voi_window: bool = True, allow_missing_keys: bool = False, robust_clip: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        channels: int = 1,
+        nifti_slice: NiftiSlice = "middle",
+        voi_window: bool = True,
+        allow_missing_keys: bool = False,
+        robust_clip: bool = False,
+    ) -> None:
         with _quiet_default_readers():  # LoadImaged builds a default LoadImage, replaced here
             super().__init__(keys, image_only=True, allow_missing_keys=allow_missing_keys)
         self._loader = LoadMedicalImage(channels, nifti_slice, voi_window, robust_clip)
@@ -645,8 +663,13 @@ class LoadMedicalImaged(LoadImaged):
 class LoadMaskd(LoadImaged):
     """Dictionary version of :class:`LoadMask`."""
 
-    def __init__(self, keys: KeysCollection, threshold: float = 0.0, nifti_slice: NiftiSlice = "middle",
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        threshold: float = 0.0,
+        nifti_slice: NiftiSlice = "middle",
+        allow_missing_keys: bool = False,
+    ) -> None:
         with _quiet_default_readers():  # LoadImaged builds a default LoadImage, replaced here
             super().__init__(keys, image_only=True, allow_missing_keys=allow_missing_keys)
         self._loader = LoadMask(threshold, nifti_slice)
@@ -692,7 +715,9 @@ class ScaleToSymmetricRange(Transform):
             middle = (self.minv + self.maxv) / 2.0
             logger.warning(
                 "%s: image has zero intensity range (all values %g); mapped to %g",
-                _source_name(img), lo, middle,
+                _source_name(img),
+                lo,
+                middle,
             )
             return np.full_like(x, middle) if is_numpy else torch.full_like(x, middle)
         # (x - lo) / (hi - lo) is exactly 0 at the minimum and exactly 1 at the maximum in IEEE
@@ -721,4 +746,3 @@ class ScaleToSymmetricRanged(_PerKey):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.transform = ScaleToSymmetricRange(minv, maxv)
-

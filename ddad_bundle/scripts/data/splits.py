@@ -158,8 +158,10 @@ def _check_top_level(data, where: str) -> None:
         raise SplitError(f"{where}: expected a JSON object at the top level, found {type(data).__name__}")
     if "format" not in data and "train" in data:
         # the most likely mix-up: handing the reference implementation's data.json to load_split
-        raise SplitError(f"{where}: has 'train'/'test' keys but no 'format': this looks like the reference "
-                         "implementation's format; read it with read_reference_split(path, image_dir)")
+        raise SplitError(
+            f"{where}: has 'train'/'test' keys but no 'format': this looks like the reference "
+            "implementation's format; read it with read_reference_split(path, image_dir)"
+        )
     if data.get("format") != FORMAT:
         found = repr(data["format"]) if "format" in data else "no 'format' key"
         raise SplitError(f"{where}: 'format' must be {FORMAT!r}, found {found}")
@@ -167,8 +169,9 @@ def _check_top_level(data, where: str) -> None:
         if key not in TOP_LEVEL_KEYS:
             close = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise SplitError(f"{where}: unknown top-level key {key!r}{hint}; allowed keys: "
-                             + ", ".join(TOP_LEVEL_KEYS))
+            raise SplitError(
+                f"{where}: unknown top-level key {key!r}{hint}; allowed keys: " + ", ".join(TOP_LEVEL_KEYS)
+            )
     rate = data.get("anomaly_rate")
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 <= rate <= 1):
         raise SplitError(f"{where}: 'anomaly_rate' must be a number in [0, 1] or null, found {rate!r}")
@@ -241,8 +244,10 @@ def _check_no_duplicates(sets: dict, describe: dict, where: str) -> None:
             else:
                 first[e["image"]] = here
     if problems:
-        raise SplitError(f"{where}: {len(problems)} image(s) listed twice (an image may appear once, "
-                         f"in one set): " + some_of(problems))
+        raise SplitError(
+            f"{where}: {len(problems)} image(s) listed twice (an image may appear once, "
+            f"in one set): " + some_of(problems)
+        )
 
 
 def _check_patients_disjoint(sets: dict, describe: dict, where: str) -> None:
@@ -256,11 +261,15 @@ def _check_patients_disjoint(sets: dict, describe: dict, where: str) -> None:
                 home[pid] = (name, f"{describe[name][i]}, {e['image']}")
             elif home[pid][0] != name and (pid, name) not in reported:
                 reported.add((pid, name))
-                problems.append(f"patient_id {pid!r} is in {home[pid][0]!r} ({home[pid][1]}) and in "
-                                f"{name!r} ({describe[name][i]}, {e['image']})")
+                problems.append(
+                    f"patient_id {pid!r} is in {home[pid][0]!r} ({home[pid][1]}) and in "
+                    f"{name!r} ({describe[name][i]}, {e['image']})"
+                )
     if problems:
-        raise SplitError(f"{where}: {len(problems)} patient(s) in two sets (a patient's images must all "
-                         f"be in one set): " + some_of(problems))
+        raise SplitError(
+            f"{where}: {len(problems)} patient(s) in two sets (a patient's images must all "
+            f"be in one set): " + some_of(problems)
+        )
 
 
 def _check_declared_rate(declared, unlabeled: list[dict], where: str) -> None:
@@ -271,8 +280,10 @@ def _check_declared_rate(declared, unlabeled: list[dict], where: str) -> None:
     n_abn = sum(e["label"] for e in unlabeled)
     actual = n_abn / len(unlabeled)
     if abs(declared - actual) > AR_TOLERANCE:
-        raise SplitError(f"{where}: 'anomaly_rate' is {declared!r} but the labels of 'unlabeled' give "
-                         f"{n_abn}/{len(unlabeled)} = {actual!r}; correct the value or remove the key")
+        raise SplitError(
+            f"{where}: 'anomaly_rate' is {declared!r} but the labels of 'unlabeled' give "
+            f"{n_abn}/{len(unlabeled)} = {actual!r}; correct the value or remove the key"
+        )
 
 
 def _check_files_exist(sets: dict, raw: dict, describe: dict, where: str, base: Path) -> None:
@@ -280,15 +291,18 @@ def _check_files_exist(sets: dict, raw: dict, describe: dict, where: str, base: 
     for name in SETS:
         for i, e in enumerate(sets[name]):
             if not os.path.isfile(e["image"]):
-                missing.append(f"{describe[name][i]} lists {raw[name][i]}, which does not exist "
-                               f"(looked for {e['image']})")
+                missing.append(
+                    f"{describe[name][i]} lists {raw[name][i]}, which does not exist (looked for {e['image']})"
+                )
             if "mask" in e and not os.path.isfile(e["mask"]):
                 missing.append(f"{describe[name][i]} has mask {e['mask']}, which does not exist")
     if len(missing) == 1:
         raise SplitError(f"{where}: {missing[0]}")
     if missing:
-        raise SplitError(f"{where}: {len(missing)} listed files do not exist (relative paths are "
-                         f"relative to {base}): " + some_of(missing))
+        raise SplitError(
+            f"{where}: {len(missing)} listed files do not exist (relative paths are "
+            f"relative to {base}): " + some_of(missing)
+        )
 
 
 def some_of(items: list, n: int = MAX_LISTED) -> str:
@@ -302,8 +316,9 @@ def some_of(items: list, n: int = MAX_LISTED) -> str:
 # validation holdout
 
 
-def hold_out_validation(normal: list[dict], val_fraction: float = 0.1, seed: int = 0,
-                        where: str = "normal set") -> tuple[list[dict], list[dict], list[dict]]:
+def hold_out_validation(
+    normal: list[dict], val_fraction: float = 0.1, seed: int = 0, where: str = "normal set"
+) -> tuple[list[dict], list[dict], list[dict]]:
     """Split known normals into (training, validation, dropped), seeded and exact in size.
 
     ``max(1, round(val_fraction * len(normal)))`` images (Python's round, half to even), at most
@@ -315,8 +330,10 @@ def hold_out_validation(normal: list[dict], val_fraction: float = 0.1, seed: int
     if not 0 <= val_fraction < 1:
         raise SplitError(f"{where}: val_fraction must be in [0, 1), got {val_fraction!r}")
     if len(normal) < 2:
-        raise SplitError(f"{where}: 'normal' has {len(normal)} image(s); holding out a validation set "
-                         "needs at least 2 (or list a 'validation' set explicitly)")
+        raise SplitError(
+            f"{where}: 'normal' has {len(normal)} image(s); holding out a validation set "
+            "needs at least 2 (or list a 'validation' set explicitly)"
+        )
     n_val = min(len(normal) - 1, max(1, round(val_fraction * len(normal))))
     rng = np.random.default_rng(seed)
     groups = _group_by_patient(normal)
@@ -330,9 +347,11 @@ def hold_out_validation(normal: list[dict], val_fraction: float = 0.1, seed: int
             continue
         (dropped if _group_key(e) in partial else training).append(e)
     if not training:
-        raise SplitError(f"{where}: all {len(normal)} 'normal' images belong to one patient, so no "
-                         "validation image can be held out without emptying D_n; list a 'validation' "
-                         "set explicitly")
+        raise SplitError(
+            f"{where}: all {len(normal)} 'normal' images belong to one patient, so no "
+            "validation image can be held out without emptying D_n; list a 'validation' "
+            "set explicitly"
+        )
     return training, sorted(validation, key=_image_key), dropped
 
 
@@ -340,9 +359,18 @@ def hold_out_validation(normal: list[dict], val_fraction: float = 0.1, seed: int
 # drawing from pools
 
 
-def build_split(normal_pool: list[dict], abnormal_pool: list[dict], n_normal: int, n_unlabeled: int,
-                anomaly_rate: float, n_test_normal: int, n_test_abnormal: int, n_validation: int = 0,
-                seed: int = 0, description: str = "") -> dict:
+def build_split(
+    normal_pool: list[dict],
+    abnormal_pool: list[dict],
+    n_normal: int,
+    n_unlabeled: int,
+    anomaly_rate: float,
+    n_test_normal: int,
+    n_test_abnormal: int,
+    n_validation: int = 0,
+    seed: int = 0,
+    description: str = "",
+) -> dict:
     """Draw a ``ddad-split/1`` dict of exact sizes and exact anomaly rate from labeled pools.
 
     From ``normal_pool``: test normals, validation, D_n (``normal``), the unlabeled normals; from
@@ -358,8 +386,13 @@ def build_split(normal_pool: list[dict], abnormal_pool: list[dict], n_normal: in
     Unlabeled and test entries get ``label`` (0/1); the returned paths are the pools' paths.
     """
     where = "build_split"
-    sizes = dict(n_normal=n_normal, n_unlabeled=n_unlabeled, n_test_normal=n_test_normal,
-                 n_test_abnormal=n_test_abnormal, n_validation=n_validation)
+    sizes = dict(
+        n_normal=n_normal,
+        n_unlabeled=n_unlabeled,
+        n_test_normal=n_test_normal,
+        n_test_abnormal=n_test_abnormal,
+        n_validation=n_validation,
+    )
     for key, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise SplitError(f"{where}: {key} must be a non-negative integer, got {value!r}")
@@ -372,11 +405,16 @@ def build_split(normal_pool: list[dict], abnormal_pool: list[dict], n_normal: in
     abnormal_pool = _check_pool(abnormal_pool, "abnormal_pool", 1)
     _check_pools_disjoint(normal_pool, abnormal_pool)
 
-    normal_needs = [("test", n_test_normal), ("validation", n_validation), ("normal", n_normal),
-                    ("unlabeled", n_unlabeled - n_abn_u)]
+    normal_needs = [
+        ("test", n_test_normal),
+        ("validation", n_validation),
+        ("normal", n_normal),
+        ("unlabeled", n_unlabeled - n_abn_u),
+    ]
     abnormal_needs = [("test", n_test_abnormal), ("unlabeled", n_abn_u)]
-    _check_pool_size(normal_pool, "normal_pool", normal_needs, ("test normals", "validation", "normal (D_n)",
-                                                                 "unlabeled normals"))
+    _check_pool_size(
+        normal_pool, "normal_pool", normal_needs, ("test normals", "validation", "normal (D_n)", "unlabeled normals")
+    )
     _check_pool_size(abnormal_pool, "abnormal_pool", abnormal_needs, ("test abnormals", "unlabeled abnormals"))
 
     rng = np.random.default_rng(seed)
@@ -387,9 +425,13 @@ def build_split(normal_pool: list[dict], abnormal_pool: list[dict], n_normal: in
     def labeled(entries, label):
         return [{**e, "label": label} for e in entries]
 
-    out = {"format": FORMAT, "description": description, "seed": int(seed),
-           "anomaly_rate": float(anomaly_rate) if n_unlabeled else None,
-           "normal": _strip_labels(drawn_n["normal"])}
+    out = {
+        "format": FORMAT,
+        "description": description,
+        "seed": int(seed),
+        "anomaly_rate": float(anomaly_rate) if n_unlabeled else None,
+        "normal": _strip_labels(drawn_n["normal"]),
+    }
     if n_validation:
         out["validation"] = _strip_labels(drawn_n["validation"])
     out["unlabeled"] = labeled(drawn_n["unlabeled"], 0) + labeled(drawn_a["unlabeled"], 1)
@@ -409,10 +451,12 @@ def unlabeled_abnormal_count(anomaly_rate: float, n_unlabeled: int, where: str =
     x = anomaly_rate * n_unlabeled
     if abs(x - round(x)) > AR_TOLERANCE:
         lo, hi = math.floor(x), math.ceil(x)
-        raise SplitError(f"{where}: anomaly_rate {anomaly_rate!r} with n_unlabeled {n_unlabeled} asks for "
-                         f"{x:g} abnormal unlabeled images, which is not a whole number; the nearest "
-                         f"feasible rates are {lo}/{n_unlabeled} = {lo / n_unlabeled:g} and "
-                         f"{hi}/{n_unlabeled} = {hi / n_unlabeled:g}")
+        raise SplitError(
+            f"{where}: anomaly_rate {anomaly_rate!r} with n_unlabeled {n_unlabeled} asks for "
+            f"{x:g} abnormal unlabeled images, which is not a whole number; the nearest "
+            f"feasible rates are {lo}/{n_unlabeled} = {lo / n_unlabeled:g} and "
+            f"{hi}/{n_unlabeled} = {hi / n_unlabeled:g}"
+        )
     return int(round(x))
 
 
@@ -424,8 +468,10 @@ def _check_pool(pool, name: str, label: int) -> list[dict]:
         if not isinstance(e, dict) or not isinstance(e.get("image"), str) or not e["image"]:
             raise SplitError(f"build_split: {name} entry {i}: expected a dict with an 'image' path, found {e!r}")
         if "label" in e and e["label"] != label:
-            raise SplitError(f"build_split: {name} entry {i} ({e['image']}) has label {e['label']!r}, "
-                             f"but every entry of {name} is label {label}")
+            raise SplitError(
+                f"build_split: {name} entry {i} ({e['image']}) has label {e['label']!r}, "
+                f"but every entry of {name} is label {label}"
+            )
         if e["image"] in seen:
             raise SplitError(f"build_split: {name} entries {seen[e['image']]} and {i} are the same image {e['image']}")
         seen[e["image"]] = i
@@ -439,17 +485,20 @@ def _check_pool(pool, name: str, label: int) -> list[dict]:
 def _check_pools_disjoint(normal_pool: list[dict], abnormal_pool: list[dict]) -> None:
     both = sorted({e["image"] for e in normal_pool} & {e["image"] for e in abnormal_pool})
     if both:
-        raise SplitError(f"build_split: {len(both)} image(s) are in both normal_pool and abnormal_pool: "
-                         + some_of(both))
+        raise SplitError(
+            f"build_split: {len(both)} image(s) are in both normal_pool and abnormal_pool: " + some_of(both)
+        )
 
 
 def _check_pool_size(pool: list[dict], name: str, needs, labels) -> None:
     needed = sum(n for _, n in needs)
     if needed > len(pool):
         parts = " + ".join(f"{n} {label}" for (_, n), label in zip(needs, labels))
-        raise SplitError(f"build_split: {name} is too small: the request needs {needed} images "
-                         f"({parts}) and the pool has {len(pool)}; nothing was drawn (lower the sizes "
-                         "or add images; a pool is never silently shrunk)")
+        raise SplitError(
+            f"build_split: {name} is too small: the request needs {needed} images "
+            f"({parts}) and the pool has {len(pool)}; nothing was drawn (lower the sizes "
+            "or add images; a pool is never silently shrunk)"
+        )
 
 
 def _group_key(e: dict) -> tuple:
@@ -507,10 +556,12 @@ def _draw_sets(groups, needs, rng, taken: dict, pool_name: str, where: str):
             i = next((i for i, (key, entries) in enumerate(queue) if free[i] and allowed(key, name)), None)
             if i is None:
                 n_img = sum(len(g[1]) for g in groups)
-                raise SplitError(f"{where}: {pool_name} cannot fill {name!r} ({n} images, {len(out[name])} "
-                                 f"drawn) with whole patients: the pool has {n_img} images in {len(groups)} "
-                                 "patient groups and patients are never split across sets; add images "
-                                 "or lower the sizes")
+                raise SplitError(
+                    f"{where}: {pool_name} cannot fill {name!r} ({n} images, {len(out[name])} "
+                    f"drawn) with whole patients: the pool has {n_img} images in {len(groups)} "
+                    "patient groups and patients are never split across sets; add images "
+                    "or lower the sizes"
+                )
             entries = queue[i][1]
             pick = sorted(rng.choice(len(entries), size=short, replace=False))
             take(i, name, [entries[j] for j in pick])
@@ -571,14 +622,26 @@ def _relative_entry(e: dict, folder: Path) -> dict:
 # ----------------------------------------------------------------------------------------------
 # the reference implementation's format
 
-REFERENCE_LISTS = (("train/0", ("train", "0")), ("train/unlabeled/0", ("train", "unlabeled", "0")),
-                   ("train/unlabeled/1", ("train", "unlabeled", "1")), ("test/0", ("test", "0")),
-                   ("test/1", ("test", "1")))
+REFERENCE_LISTS = (
+    ("train/0", ("train", "0")),
+    ("train/unlabeled/0", ("train", "unlabeled", "0")),
+    ("train/unlabeled/1", ("train", "unlabeled", "1")),
+    ("test/0", ("test", "0")),
+    ("test/1", ("test", "1")),
+)
 
 
-def read_reference_split(path, image_dir, resample_seed: int | None = None, val_fraction: float = 0.1,
-                         seed: int = 0, check_files: bool = True, *, n_unlabeled: int | None = None,
-                         anomaly_rate: float | None = None) -> Split:
+def read_reference_split(
+    path,
+    image_dir,
+    resample_seed: int | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    check_files: bool = True,
+    *,
+    n_unlabeled: int | None = None,
+    anomaly_rate: float | None = None,
+) -> Split:
     """Read the reference implementation's ``data.json``.
 
     Format: ``{"train": {"0": [...], "unlabeled": {"0": [...], "1": [...]}}, "test": {"0": [...],
@@ -602,12 +665,18 @@ def read_reference_split(path, image_dir, resample_seed: int | None = None, val_
     where = f"reference split file {path}"
     lists = _reference_lists(_read_json(path, where), where)
     if (n_unlabeled is None) != (anomaly_rate is None):
-        raise SplitError(f"{where}: give n_unlabeled and anomaly_rate together (the reference's "
-                         "extra_data and ar), or neither")
+        raise SplitError(
+            f"{where}: give n_unlabeled and anomaly_rate together (the reference's extra_data and ar), or neither"
+        )
     if n_unlabeled is not None:
         lists = _reference_head(lists, n_unlabeled, anomaly_rate, where)
-    roles = (("normal", "train/0", None), ("unlabeled", "train/unlabeled/0", 0),
-             ("unlabeled", "train/unlabeled/1", 1), ("test", "test/0", 0), ("test", "test/1", 1))
+    roles = (
+        ("normal", "train/0", None),
+        ("unlabeled", "train/unlabeled/0", 0),
+        ("unlabeled", "train/unlabeled/1", 1),
+        ("test", "test/0", 0),
+        ("test", "test/1", 1),
+    )
     sets = {name: [] for name in SETS}
     raw = {name: [] for name in SETS}
     describe = {name: [] for name in SETS}
@@ -651,21 +720,32 @@ def _reference_head(lists: dict, n_unlabeled: int, anomaly_rate: float, where: s
     k = unlabeled_abnormal_count(anomaly_rate, n_unlabeled, where)
     for key, n in (("train/unlabeled/0", n_unlabeled - k), ("train/unlabeled/1", k)):
         if n > len(lists[key]):
-            raise SplitError(f"{where}: D_u of {n_unlabeled} at anomaly rate {anomaly_rate} needs {n} names "
-                             f"from {key!r}, which lists {len(lists[key])}")
-    return {**lists, "train/unlabeled/0": lists["train/unlabeled/0"][:n_unlabeled - k],
-            "train/unlabeled/1": lists["train/unlabeled/1"][:k]}
+            raise SplitError(
+                f"{where}: D_u of {n_unlabeled} at anomaly rate {anomaly_rate} needs {n} names "
+                f"from {key!r}, which lists {len(lists[key])}"
+            )
+    return {
+        **lists,
+        "train/unlabeled/0": lists["train/unlabeled/0"][: n_unlabeled - k],
+        "train/unlabeled/1": lists["train/unlabeled/1"][:k],
+    }
 
 
 def _resample_reference(sets, rate, resample_seed, val_fraction, seed, check_files, source, image_dir) -> Split:
     normals = sets["normal"] + [e for e in sets["unlabeled"] + sets["test"] if e["label"] == 0]
     abnormals = [e for e in sets["unlabeled"] + sets["test"] if e["label"] == 1]
     n_u = len(sets["unlabeled"])
-    d = build_split(_strip_labels(normals), _strip_labels(abnormals), n_normal=len(sets["normal"]),
-                    n_unlabeled=n_u, anomaly_rate=rate if n_u else 0.0,
-                    n_test_normal=sum(e["label"] == 0 for e in sets["test"]),
-                    n_test_abnormal=sum(e["label"] == 1 for e in sets["test"]),
-                    seed=resample_seed, description=f"resampled with seed {resample_seed} from {source}")
+    d = build_split(
+        _strip_labels(normals),
+        _strip_labels(abnormals),
+        n_normal=len(sets["normal"]),
+        n_unlabeled=n_u,
+        anomaly_rate=rate if n_u else 0.0,
+        n_test_normal=sum(e["label"] == 0 for e in sets["test"]),
+        n_test_abnormal=sum(e["label"] == 1 for e in sets["test"]),
+        seed=resample_seed,
+        description=f"resampled with seed {resample_seed} from {source}",
+    )
     # the file checks run on the drawn sets only: unused pool images need not exist
     where = f"{source}, resampled with seed {resample_seed}"
     drawn = {name: d.get(name, []) for name in SETS}
@@ -680,8 +760,10 @@ def prepared_split_file(data_dir, dataset: str) -> str:
     SplitError naming the config key and the command that makes it (used by configs/datasets/*.json)."""
     make = f"python -m scripts.tools.preparation {dataset} --source <download> --out <folder>"
     if not os.path.isdir(str(data_dir)):
-        raise SplitError(f"config key 'data_dir' is {str(data_dir)!r}, not a folder: give --data_dir, the "
-                         f"--out folder of `{make}` (docs/datasets.md)")
+        raise SplitError(
+            f"config key 'data_dir' is {str(data_dir)!r}, not a folder: give --data_dir, the "
+            f"--out folder of `{make}` (docs/datasets.md)"
+        )
     path = os.path.join(os.path.abspath(data_dir), "split.json")
     if not os.path.isfile(path):
         raise SplitError(f"{path}: no such file; config key 'data_dir' must be the --out folder of `{make}`")
@@ -718,6 +800,8 @@ if __name__ == "__main__":
         elif len(args) == 1:
             print(_summary(load_split(args[0])))
         else:
-            sys.exit("usage: python -m scripts.data.splits SPLIT.json | python -m scripts.data.splits DATA.json --reference IMAGE_DIR")
+            sys.exit(
+                "usage: python -m scripts.data.splits SPLIT.json | python -m scripts.data.splits DATA.json --reference IMAGE_DIR"
+            )
     except SplitError as e:
         sys.exit(f"error: {e}")

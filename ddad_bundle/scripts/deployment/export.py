@@ -43,8 +43,14 @@ from ..engines.refinement import REFINER_INPUTS
 REFINER_CHOICES = ("dual", "intra", "none")
 
 
-def deployed_architecture(network_def, num_members: int = 3, has_udm: bool = True, refiner: str = "dual",
-                          heteroscedastic: bool = False, asr_width: int = 128) -> DeployedPipeline:
+def deployed_architecture(
+    network_def,
+    num_members: int = 3,
+    has_udm: bool = True,
+    refiner: str = "dual",
+    heteroscedastic: bool = False,
+    asr_width: int = 128,
+) -> DeployedPipeline:
     """The deployed pipeline with freshly initialised weights: K NDM and K UDM members from
     ``network_def`` (a callable returning one reconstruction network) and the ASR-Net ``refiner``
     ("dual" = R_dual on [A_inter, A_intra], "intra" = R_intra, "none" = the A_inter/A_intra map).
@@ -71,27 +77,50 @@ def deployed_metadata(metadata: dict, channels: int, image_size: int, threshold:
         fmt["inputs"]["image"].update(num_channels=int(channels), spatial_shape=[int(image_size)] * 2)
         fmt["outputs"]["pred"].update(spatial_shape=[int(image_size)] * 2)
     except KeyError as error:
-        raise KeyError(f"configs/metadata.json: network_data_format needs inputs.image and outputs.pred "
-                       f"(missing {error})") from error
+        raise KeyError(
+            f"configs/metadata.json: network_data_format needs inputs.image and outputs.pred (missing {error})"
+        ) from error
     meta["ddad"] = {"score": score_name, **threshold}
     return meta
 
 
-def export_torchscript(pipeline: DDADPipeline, path, channels: int, image_size: int, threshold: dict,
-                       metadata: dict | None = None, configs: dict | None = None) -> Path:
+def export_torchscript(
+    pipeline: DDADPipeline,
+    path,
+    channels: int,
+    image_size: int,
+    threshold: dict,
+    metadata: dict | None = None,
+    configs: dict | None = None,
+) -> Path:
     """Script, save and verify the deployed pipeline; returns the path of ``model.ts``.
 
     ``configs``: {name: content} embedded as ``<name>.json``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = DeployedPipeline(pipeline.cpu(), threshold.get("score")).eval()
-    meta = deployed_metadata(metadata or {"network_data_format": {"inputs": {"image": {}}, "outputs": {"pred": {}}}},
-                             channels, image_size, threshold, module.score_name)
-    extra = {"metadata.json": json.dumps(meta),
-             **{f"{name}.json": json.dumps(content, default=str) for name, content in (configs or {}).items()}}
+    meta = deployed_metadata(
+        metadata or {"network_data_format": {"inputs": {"image": {}}, "outputs": {"pred": {}}}},
+        channels,
+        image_size,
+        threshold,
+        module.score_name,
+    )
+    extra = {
+        "metadata.json": json.dumps(meta),
+        **{f"{name}.json": json.dumps(content, default=str) for name, content in (configs or {}).items()},
+    }
     example = torch.rand(2, channels, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    convert_to_torchscript(module, filename_or_obj=str(path), extra_files=extra, verify=True, inputs=[example],
-                           device=torch.device("cpu"), rtol=1e-4, atol=1e-5)
+    convert_to_torchscript(
+        module,
+        filename_or_obj=str(path),
+        extra_files=extra,
+        verify=True,
+        inputs=[example],
+        device=torch.device("cpu"),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     return path
 
 
@@ -109,8 +138,15 @@ def effective_config(output_dir, configs_dir: Path) -> dict:
     return ConfigParser.load_config_files([str(configs_dir / "common.json"), str(configs_dir / "inference.json")])
 
 
-def export_run(pipeline: DDADPipeline, path, channels: int, image_size: int, ckpt_dir, output_dir=None,
-               deploy_score: str | None = None) -> Path:
+def export_run(
+    pipeline: DDADPipeline,
+    path,
+    channels: int,
+    image_size: int,
+    ckpt_dir,
+    output_dir=None,
+    deploy_score: str | None = None,
+) -> Path:
     """Export a run folder's trained model with the metadata, the decision threshold and the
     run's effective inference config embedded (see the module docstring). ``deploy_score``: the
     score ``model.ts`` outputs; None or ``auto``: ``engines.inference.choose_deploy_score`` (R_dual

@@ -27,27 +27,52 @@ from .export import effective_config
 def salad_metadata(metadata: dict, channels: int, image_size: int, threshold: dict) -> dict:
     meta = copy.deepcopy(metadata)
     fmt = meta.setdefault("network_data_format", {})
-    fmt.setdefault("inputs", {}).setdefault("image", {}).update(num_channels=int(channels),
-                                                                spatial_shape=[int(image_size)] * 2)
+    fmt.setdefault("inputs", {}).setdefault("image", {}).update(
+        num_channels=int(channels), spatial_shape=[int(image_size)] * 2
+    )
     fmt.setdefault("outputs", {})["pred"] = {
-        "type": "series", "format": "score", "num_channels": 1, "spatial_shape": [1], "dtype": "float32",
-        "value_range": [0, 1], "is_patch_data": False, "channel_def": {"0": "A_knn anomaly score"}}
+        "type": "series",
+        "format": "score",
+        "num_channels": 1,
+        "spatial_shape": [1],
+        "dtype": "float32",
+        "value_range": [0, 1],
+        "is_patch_data": False,
+        "channel_def": {"0": "A_knn anomaly score"},
+    }
     meta["salad"] = dict(threshold)
     return meta
 
 
-def export_torchscript(pipeline: SaladPipeline, path, channels: int, image_size: int, threshold: dict,
-                       metadata: dict | None = None, configs: dict | None = None) -> Path:
+def export_torchscript(
+    pipeline: SaladPipeline,
+    path,
+    channels: int,
+    image_size: int,
+    threshold: dict,
+    metadata: dict | None = None,
+    configs: dict | None = None,
+) -> Path:
     """Script, save and verify ``DeployedSalad``; ``configs``: {name: content} embedded as ``<name>.json``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     module = DeployedSalad(pipeline.cpu()).eval()
     meta = salad_metadata(metadata or {}, channels, image_size, threshold)
-    extra = {"metadata.json": json.dumps(meta),
-             **{f"{name}.json": json.dumps(content, default=str) for name, content in (configs or {}).items()}}
+    extra = {
+        "metadata.json": json.dumps(meta),
+        **{f"{name}.json": json.dumps(content, default=str) for name, content in (configs or {}).items()},
+    }
     example = torch.rand(2, channels, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    convert_to_torchscript(module, filename_or_obj=str(path), extra_files=extra, verify=True, inputs=[example],
-                           device=torch.device("cpu"), rtol=1e-4, atol=1e-5)
+    convert_to_torchscript(
+        module,
+        filename_or_obj=str(path),
+        extra_files=extra,
+        verify=True,
+        inputs=[example],
+        device=torch.device("cpu"),
+        rtol=1e-4,
+        atol=1e-5,
+    )
     return path
 
 

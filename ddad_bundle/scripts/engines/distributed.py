@@ -94,8 +94,10 @@ def local_device() -> torch.device:
         return torch.device("cpu")
     local_rank, count = _env_int("LOCAL_RANK", 0), torch.cuda.device_count()
     if local_rank >= count:
-        raise ValueError(f"LOCAL_RANK {local_rank} but only {count} GPU(s) visible: start at most {count} "
-                         f"processes per node (torchrun --nproc_per_node)")
+        raise ValueError(
+            f"LOCAL_RANK {local_rank} but only {count} GPU(s) visible: start at most {count} "
+            f"processes per node (torchrun --nproc_per_node)"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -109,7 +111,9 @@ def init_process_group(backend: str = "auto", timeout_minutes: float = 1440.0) -
     when one fails.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown dist_backend {backend!r} (config key 'dist_backend'); choose one of {', '.join(BACKENDS)}")
+        raise ValueError(
+            f"unknown dist_backend {backend!r} (config key 'dist_backend'); choose one of {', '.join(BACKENDS)}"
+        )
     if not timeout_minutes > 0:
         raise ValueError(f"dist_timeout_minutes must be > 0, got {timeout_minutes}")
     if "WORLD_SIZE" not in os.environ:
@@ -200,8 +204,11 @@ class MemberPlan:
     def describe(self) -> str:
         lines = []
         for r in range(self.world_size):
-            mine = [f"{u.module}{u.member}" + (f"(1/{len(rs)})" if len(rs) > 1 else "")
-                    for u, rs in zip(self.units, self.ranks) if r in rs]
+            mine = [
+                f"{u.module}{u.member}" + (f"(1/{len(rs)})" if len(rs) > 1 else "")
+                for u, rs in zip(self.units, self.ranks)
+                if r in rs
+            ]
             lines.append(f"rank {r}: {', '.join(mine)} (work {self.load(r):g})")
         return "; ".join(lines)
 
@@ -219,8 +226,12 @@ def plan_members(num_members: int, pool_sizes: dict, world_size: int) -> MemberP
     unknown = set(pool_sizes) - set(MODULES)
     if unknown:
         raise ValueError(f"pool_sizes names unknown modules {sorted(unknown)}; expected {MODULES}")
-    units = [Unit(m, k, int(pool_sizes[m])) for m in MODULES if int(pool_sizes.get(m) or 0) > 0
-             for k in range(int(num_members))]
+    units = [
+        Unit(m, k, int(pool_sizes[m]))
+        for m in MODULES
+        if int(pool_sizes.get(m) or 0) > 0
+        for k in range(int(num_members))
+    ]
     if not units:
         raise ValueError("nothing to train: every pool in pool_sizes is empty")
     order = sorted(range(len(units)), key=lambda i: (-units[i].work, i))  # heaviest first, then NDM, then k
@@ -320,11 +331,15 @@ class ReplicaObjective:
             differs = torch.tensor([0.0 if torch.equal(flat, leader) else 1.0], device=flat.device)
             dist.all_reduce(differs, op=dist.ReduceOp.MAX, group=group)
             if differs.item() > 0:
-                raise RuntimeError(f"rank {rank()}: the DDP replicas of a member hold different parameters "
-                                   f"after training ({(flat - leader).abs().max().item():.3g} max difference)")
+                raise RuntimeError(
+                    f"rank {rank()}: the DDP replicas of a member hold different parameters "
+                    f"after training ({(flat - leader).abs().max().item():.3g} max difference)"
+                )
             if dist.get_rank(group) == 0:
-                logger.info("the %d DDP replicas of a member hold the same parameters after training",
-                            dist.get_world_size(group))
+                logger.info(
+                    "the %d DDP replicas of a member hold the same parameters after training",
+                    dist.get_world_size(group),
+                )
 
 
 class ReplicaResume(MemberCheckpoints):
@@ -371,8 +386,10 @@ class MemberSpread:
         """``objective``, wrapped for DDP when this rank shares one of ``module``'s members."""
         ids = self.members(module)
         if len(ids) != len(members):
-            raise ValueError(f"{module}: {len(members)} members built but the plan gives this rank {ids} "
-                             f"(config key '{module}#members' must follow '{module}#member_ids')")
+            raise ValueError(
+                f"{module}: {len(members)} members built but the plan gives this rank {ids} "
+                f"(config key '{module}#members' must follow '{module}#member_ids')"
+            )
         groups = {net: self.groups[(module, k)] for k, net in zip(ids, members) if (module, k) in self.groups}
         if not groups:
             return objective
@@ -389,8 +406,10 @@ class MemberSpread:
         ids = self.members(module)
         found = [h for h in handlers if isinstance(h, MemberCheckpoints)]
         if len(found) != 1:
-            raise ValueError(f"config key '{module}#handlers' must hold exactly one scripts.handlers.training.MemberCheckpoints, "
-                             f"found {len(found)}")
+            raise ValueError(
+                f"config key '{module}#handlers' must hold exactly one scripts.handlers.training.MemberCheckpoints, "
+                f"found {len(found)}"
+            )
         result = []
         for handler in handlers:
             if isinstance(handler, MemberCheckpoints):

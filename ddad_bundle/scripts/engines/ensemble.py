@@ -82,8 +82,9 @@ def seeded_members(factory: Callable[[], nn.Module], seeds: Sequence[int]) -> li
     return members
 
 
-def adam_optimizers(members: Sequence[nn.Module], lr: float = 5e-4, betas=(0.5, 0.999), weight_decay: float = 0.0,
-                    fused: bool = False):
+def adam_optimizers(
+    members: Sequence[nn.Module], lr: float = 5e-4, betas=(0.5, 0.999), weight_decay: float = 0.0, fused: bool = False
+):
     """One Adam optimizer per member (the paper's stage-1 defaults).
 
     ``fused`` (config key ``fused_adam``) takes torch's single-kernel Adam: the same update
@@ -91,8 +92,10 @@ def adam_optimizers(members: Sequence[nn.Module], lr: float = 5e-4, betas=(0.5, 
     weights in the fully connected bottleneck, so on a CPU the default per-tensor Adam costs
     about as much as a batch-16 forward and backward (docs/performance.md).
     """
-    return [torch.optim.Adam(m.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)
-            for m in members]
+    return [
+        torch.optim.Adam(m.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay, fused=fused or None)
+        for m in members
+    ]
 
 
 LR_SCHEDULES = ("constant", "cosine")
@@ -107,7 +110,9 @@ def lr_schedulers(optimizers, schedule: str, total_steps: int):
     members' disagreement). Measured on the CXR phantoms in docs/README.md.
     """
     if schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown lr_schedule {schedule!r} (config key 'lr_schedule'); choose one of {', '.join(LR_SCHEDULES)}")
+        raise ValueError(
+            f"unknown lr_schedule {schedule!r} (config key 'lr_schedule'); choose one of {', '.join(LR_SCHEDULES)}"
+        )
     if schedule == "constant":
         return []
     total = max(int(total_steps), 1)
@@ -148,7 +153,9 @@ def bf16_autocast(enabled: bool, device: torch.device):
 def resolve_ensemble_mode(mode: str, device) -> str:
     """The concrete mode for ``device``: ``auto`` is ``fused`` on CUDA, ``concurrent`` elsewhere."""
     if mode not in ENSEMBLE_MODES:
-        raise ValueError(f"unknown ensemble_mode {mode!r} (config key 'ensemble_mode'); choose one of {', '.join(ENSEMBLE_MODES)}")
+        raise ValueError(
+            f"unknown ensemble_mode {mode!r} (config key 'ensemble_mode'); choose one of {', '.join(ENSEMBLE_MODES)}"
+        )
     if mode != "auto":
         return mode
     return "fused" if torch.device(device).type == "cuda" else "concurrent"
@@ -210,8 +217,15 @@ class MemberGroup:
         objective: ``objective(net, x) -> loss``; None takes the trainer's.
     """
 
-    def __init__(self, module: str, members: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
-                 data: "MemberBatches", handlers: Sequence = (), objective: Callable | None = None):
+    def __init__(
+        self,
+        module: str,
+        members: Sequence[nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        data: "MemberBatches",
+        handlers: Sequence = (),
+        objective: Callable | None = None,
+    ):
         if len(members) != len(optimizers):
             raise ValueError(f"{module}: {len(members)} members but {len(optimizers)} optimizers")
         if len(members) != len(data.seeds):
@@ -311,15 +325,24 @@ class EnsembleTrainer(Trainer):
                 raise ValueError(f"{group.module}: no objective given")
             group.data.to(device)
         batches = JointBatches([g.data for g in groups])
-        super().__init__(device=device, max_epochs=max_epochs, data_loader=batches, epoch_length=len(batches),
-                         handlers=None, amp=False, decollate=False)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=batches,
+            epoch_length=len(batches),
+            handlers=None,
+            amp=False,
+            decollate=False,
+        )
         # bf16 autocast is applied by this class (self.bf16); MONAI's own amp flag would make
         # Trainer.run build an fp16 GradScaler, which bf16 does not need.
         self.bf16 = bool(amp)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.groups = groups
         self.module = "+".join(g.module for g in groups)
-        self.members = nn.ModuleList([m for g in groups for m in g.members]).to(device, memory_format=self.memory_format)
+        self.members = nn.ModuleList([m for g in groups for m in g.members]).to(
+            device, memory_format=self.memory_format
+        )
         self.optimizers = [o for g in groups for o in g.optimizers]
         self.member_modules = [(g.module, k) for g in groups for k in range(len(g.members))]
         for group in groups:
@@ -351,8 +374,11 @@ class EnsembleTrainer(Trainer):
         for group in self.groups:
             reason = self._fusion_obstacle(group)
             if reason is not None:
-                logger.info("%s: ensemble_mode 'fused' unavailable (%s); training the members sequentially",
-                            group.module, reason)
+                logger.info(
+                    "%s: ensemble_mode 'fused' unavailable (%s); training the members sequentially",
+                    group.module,
+                    reason,
+                )
                 return "sequential"
         for group in self.groups:
             group.fused = fusion.FusedAE(group.members).to(self.state.device, memory_format=self.memory_format)
@@ -369,8 +395,10 @@ class EnsembleTrainer(Trainer):
         if reason is None and not all(type(o) is torch.optim.Adam for o in group.optimizers):
             reason = "fusion needs one torch.optim.Adam per member"
         first = group.optimizers[0]
-        if reason is None and any(o.param_groups[0].keys() != first.param_groups[0].keys() or _hyper(o) != _hyper(first)
-                                  for o in group.optimizers):
+        if reason is None and any(
+            o.param_groups[0].keys() != first.param_groups[0].keys() or _hyper(o) != _hyper(first)
+            for o in group.optimizers
+        ):
             reason = "the members' optimizers differ in their hyperparameters"
         return reason
 
@@ -427,8 +455,10 @@ class EnsembleTrainer(Trainer):
             self._check_finite(group, losses, engine)
             group.last_losses = losses
         stepped = [group for group, _ in plan]
-        output = {"loss": torch.cat([g.last_losses for g in stepped]).mean().item(),
-                  "member_losses": [v for g in self.groups for v in g.last_losses.tolist()]}
+        output = {
+            "loss": torch.cat([g.last_losses for g in stepped]).mean().item(),
+            "member_losses": [v for g in self.groups for v in g.last_losses.tolist()],
+        }
         output.update({f"{g.module}_loss": g.last_losses.mean().item() for g in self.groups})
         return output
 
@@ -487,11 +517,24 @@ class PerMemberTrainer:
     Args: as ``EnsembleTrainer``; ``num_workers``: DataLoader worker processes.
     """
 
-    def __init__(self, device, max_epochs: int, members: Sequence[nn.Module], optimizers: Sequence[torch.optim.Optimizer],
-                 objective: Callable, data: MemberBatches, module: str = "ndm", handlers=None, amp: bool = False,
-                 lr_schedule: str = "constant", num_workers: int = 0):
+    def __init__(
+        self,
+        device,
+        max_epochs: int,
+        members: Sequence[nn.Module],
+        optimizers: Sequence[torch.optim.Optimizer],
+        objective: Callable,
+        data: MemberBatches,
+        module: str = "ndm",
+        handlers=None,
+        amp: bool = False,
+        lr_schedule: str = "constant",
+        num_workers: int = 0,
+    ):
         if len(members) != len(optimizers) or len(members) != len(data.seeds):
-            raise ValueError(f"{module}: {len(members)} members, {len(optimizers)} optimizers, batches for {len(data.seeds)}")
+            raise ValueError(
+                f"{module}: {len(members)} members, {len(optimizers)} optimizers, batches for {len(data.seeds)}"
+            )
         if max_epochs < 1:
             raise ValueError(f"max_epochs must be >= 1 (config key 'epochs'), got {max_epochs}")
         from ..handlers.training import MemberCheckpoints
@@ -517,9 +560,14 @@ class PerMemberTrainer:
         images = self.data.images.cpu()
         batch = self.data.batch_size
         dataset = Dataset([{"image": image} for image in images])
-        return DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(int(self.data.seeds[k])),
-                          drop_last=images.shape[0] % batch == 1)  # BatchNorm cannot train on one image
+        return DataLoader(
+            dataset,
+            batch_size=batch,
+            shuffle=True,
+            num_workers=self.num_workers,
+            generator=torch.Generator().manual_seed(int(self.data.seeds[k])),
+            drop_last=images.shape[0] % batch == 1,
+        )  # BatchNorm cannot train on one image
 
     def member_trainer(self, k: int):
         from monai.engines import SupervisedTrainer
@@ -540,9 +588,17 @@ class PerMemberTrainer:
             value = loss.item()
             return {"loss": value, f"{self.module}_loss": value}
 
-        return SupervisedTrainer(device=self.device, max_epochs=self.max_epochs, train_data_loader=loader, network=net,
-                                 optimizer=optimizer, loss_function=self.objective, iteration_update=step,
-                                 train_handlers=self.handlers, decollate=False)
+        return SupervisedTrainer(
+            device=self.device,
+            max_epochs=self.max_epochs,
+            train_data_loader=loader,
+            network=net,
+            optimizer=optimizer,
+            loss_function=self.objective,
+            iteration_update=step,
+            train_handlers=self.handlers,
+            decollate=False,
+        )
 
     def run(self) -> None:
         from ..runtime.files import torch_save_atomic
@@ -554,9 +610,14 @@ class PerMemberTrainer:
             self.trainers.append(trainer)
             trainer.run()
             for checkpoints in self.checkpoints:
-                torch_save_atomic(self.members[k].state_dict(), final_weights_path(checkpoints.ckpt_dir, checkpoints.module, k))
-        logger.info("%s: trained %d members one SupervisedTrainer each (ensemble_mode 'per_member')",
-                    self.module, len(self.members))
+                torch_save_atomic(
+                    self.members[k].state_dict(), final_weights_path(checkpoints.ckpt_dir, checkpoints.module, k)
+                )
+        logger.info(
+            "%s: trained %d members one SupervisedTrainer each (ensemble_mode 'per_member')",
+            self.module,
+            len(self.members),
+        )
 
 
 class TrainerSequence:
@@ -571,8 +632,9 @@ class TrainerSequence:
             trainer.run()
 
 
-def build_ensemble_trainer(ensemble_mode: str = "auto", num_workers: int = 0, groups=None,
-                           one_loop_per_module: bool = False, **kwargs):
+def build_ensemble_trainer(
+    ensemble_mode: str = "auto", num_workers: int = 0, groups=None, one_loop_per_module: bool = False, **kwargs
+):
     """The stage-1 trainer for config key ``ensemble_mode``: an ``EnsembleTrainer`` over all
     ``groups`` (``auto`` resolved for ``kwargs['device']``), or for 'per_member' a
     ``TrainerSequence`` (one ``PerMemberTrainer`` per group, each with its group's handlers and the
@@ -582,8 +644,9 @@ def build_ensemble_trainer(ensemble_mode: str = "auto", num_workers: int = 0, gr
     (the torchrun overlay: DDP collectives of one loop then pair up in the same order on every rank).
     """
     if one_loop_per_module and groups is not None:
-        return TrainerSequence([build_ensemble_trainer(ensemble_mode, num_workers, [g], **kwargs)
-                                for g in groups if g is not None])
+        return TrainerSequence(
+            [build_ensemble_trainer(ensemble_mode, num_workers, [g], **kwargs) for g in groups if g is not None]
+        )
     mode = resolve_ensemble_mode(ensemble_mode, kwargs.get("device", "cpu"))
     if mode != "per_member":
         return EnsembleTrainer(ensemble_mode=mode, groups=groups, **kwargs)
@@ -596,7 +659,15 @@ def build_ensemble_trainer(ensemble_mode: str = "auto", num_workers: int = 0, gr
     for group in [g for g in groups if g is not None]:
         objective = group.objective if group.objective is not None else kwargs.get("objective")
         options = dict(kwargs, objective=objective)
-        trainers.append(PerMemberTrainer(members=group.members, optimizers=group.optimizers, data=group.data,
-                                         module=group.module, handlers=group.handlers + shared,
-                                         num_workers=num_workers, **options))
+        trainers.append(
+            PerMemberTrainer(
+                members=group.members,
+                optimizers=group.optimizers,
+                data=group.data,
+                module=group.module,
+                handlers=group.handlers + shared,
+                num_workers=num_workers,
+                **options,
+            )
+        )
     return TrainerSequence(trainers)

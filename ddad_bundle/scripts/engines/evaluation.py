@@ -53,7 +53,9 @@ def load_members(factory: Callable[[], nn.Module], ckpt_dir, module: str, num_me
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         except RuntimeError as error:
-            raise RuntimeError(f"{path} does not fit the configured network (backbone, image_size, channels?): {error}") from error
+            raise RuntimeError(
+                f"{path} does not fit the configured network (backbone, image_size, channels?): {error}"
+            ) from error
         members.append(net.to(device).eval())
     return members
 
@@ -92,15 +94,28 @@ class DiscrepancyEvaluator(Evaluator):
         inferer: runs the pipeline on a batch (MONAI ``Inferer``; default ``SimpleInferer``, one pass).
     """
 
-    def __init__(self, device, val_data_loader, pipeline: nn.Module, additional_metrics: Optional[dict] = None,
-                 val_handlers=None, amp: bool = False, inferer: Optional[Inferer] = None):
+    def __init__(
+        self,
+        device,
+        val_data_loader,
+        pipeline: nn.Module,
+        additional_metrics: Optional[dict] = None,
+        val_handlers=None,
+        amp: bool = False,
+        inferer: Optional[Inferer] = None,
+    ):
         # MONAI attaches metrics only together with a key metric: the first one plays that role.
         metrics = dict(additional_metrics or {})
         key_name = next(iter(metrics), None)
         key_metric = {key_name: metrics.pop(key_name)} if key_name else None
         super().__init__(
-            device=torch.device(device), val_data_loader=val_data_loader, key_val_metric=key_metric,
-            additional_metrics=metrics, val_handlers=val_handlers, amp=amp, decollate=False,
+            device=torch.device(device),
+            val_data_loader=val_data_loader,
+            key_val_metric=key_metric,
+            additional_metrics=metrics,
+            val_handlers=val_handlers,
+            amp=amp,
+            decollate=False,
         )
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.pipeline = pipeline.to(self.state.device).eval()
@@ -122,8 +137,15 @@ class DiscrepancyEvaluator(Evaluator):
         }
 
 
-def load_pipeline(network_def, ckpt_dir, num_members: int, has_unlabeled: bool, heteroscedastic: bool,
-                  device="cpu", asr_width: int = 128) -> DDADPipeline:
+def load_pipeline(
+    network_def,
+    ckpt_dir,
+    num_members: int,
+    has_unlabeled: bool,
+    heteroscedastic: bool,
+    device="cpu",
+    asr_width: int = 128,
+) -> DDADPipeline:
     """The trained model of a run folder: NDM and UDM members and, after stage 2, the selected ASR-Nets."""
     ndm = load_members(network_def, ckpt_dir, "ndm", num_members, device)
     udm = load_members(network_def, ckpt_dir, "udm", num_members, device) if has_unlabeled else []

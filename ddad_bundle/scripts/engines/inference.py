@@ -39,17 +39,36 @@ from ..scoring.metrics import threshold_at_specificity
 from ..scoring.pipeline import DDADPipeline
 from ..runtime.files import write_csv_atomic, write_json_atomic
 from ..scoring.scores import image_scores
-from ..data.readers import (SUPPORTED_EXTENSIONS, ImageLoadError, LoadMaskd, LoadMedicalImage,
-                         LoadMedicalImaged, detect_format, to_nifti_orientation)
+from ..data.readers import (
+    SUPPORTED_EXTENSIONS,
+    ImageLoadError,
+    LoadMaskd,
+    LoadMedicalImage,
+    LoadMedicalImaged,
+    detect_format,
+    to_nifti_orientation,
+)
 
 logger = logging.getLogger("ddad")
 
 # Columns of scores.csv; volumes' per-slice scores are in summary.json only.
-SUMMARY_COLUMNS = ["file", "status", "score_name", "score", "threshold", "label", "kind", "slices", "map_file",
-                   "overlay_file", "error"]
+SUMMARY_COLUMNS = [
+    "file",
+    "status",
+    "score_name",
+    "score",
+    "threshold",
+    "label",
+    "kind",
+    "slices",
+    "map_file",
+    "overlay_file",
+    "error",
+]
 
 
 # ----------------------------------------------------------------------------- threshold
+
 
 @torch.no_grad()
 def validation_scores(pipeline: DDADPipeline, images: torch.Tensor, batch_size: int = 64) -> Dict[str, np.ndarray]:
@@ -89,13 +108,15 @@ def choose_deploy_score(score_names: Sequence[str], selection: Optional[dict]) -
     if "A_inter" not in names and "R_intra" in names and refiner_reliable(selection, "R_intra"):
         return "R_intra", "no unlabeled images, and R_intra's refiner is reliable (asr_selection.json)"
     refined = [n for n in ("R_dual", "R_intra") if n in names]
-    why = (f"{' and '.join(refined)} not reliable (asr_selection.json)" if refined else "no refiner trained")
+    why = f"{' and '.join(refined)} not reliable (asr_selection.json)" if refined else "no refiner trained"
     if "A_inter" in names:
         return "A_inter", f"{why}: the dual-distribution discrepancy A_inter is deployed"
     return "A_rec_ensemble", f"{why} and no unlabeled images: the ensemble reconstruction error is deployed"
 
 
-def save_threshold(pipeline: DDADPipeline, validation_images: torch.Tensor, ckpt_dir, specificity: float = 0.95) -> Path:
+def save_threshold(
+    pipeline: DDADPipeline, validation_images: torch.Tensor, ckpt_dir, specificity: float = 0.95
+) -> Path:
     """Decision thresholds on the validation normals (never the test set); writes ``threshold.json``.
 
     ``thresholds`` holds one per score, each chosen the same way; ``score``/``threshold`` are those
@@ -104,19 +125,33 @@ def save_threshold(pipeline: DDADPipeline, validation_images: torch.Tensor, ckpt
     scores = validation_scores(pipeline, validation_images.to(next(pipeline.parameters()).device))
     thresholds = {name: float(threshold_at_specificity(values, specificity)) for name, values in scores.items()}
     chosen, reason = choose_deploy_score(pipeline.score_names, load_selection(ckpt_dir))
-    record = {"score": chosen, "threshold": thresholds[chosen], "reason": reason, "thresholds": thresholds,
-              "specificity": float(specificity), "n_validation": int(len(scores[chosen])),
-              "rule": "abnormal when score > threshold; at most (1 - specificity) of validation normals exceed it"}
+    record = {
+        "score": chosen,
+        "threshold": thresholds[chosen],
+        "reason": reason,
+        "thresholds": thresholds,
+        "specificity": float(specificity),
+        "n_validation": int(len(scores[chosen])),
+        "rule": "abnormal when score > threshold; at most (1 - specificity) of validation normals exceed it",
+    }
     path = write_json_atomic(record, Path(ckpt_dir) / "threshold.json")
-    logger.info("deploy_score auto: %s (%s); threshold %.6g at specificity %.2f -> %s", chosen, reason,
-                record["threshold"], specificity, path)
+    logger.info(
+        "deploy_score auto: %s (%s); threshold %.6g at specificity %.2f -> %s",
+        chosen,
+        reason,
+        record["threshold"],
+        specificity,
+        path,
+    )
     return path
 
 
 def load_threshold(ckpt_dir) -> dict:
     path = Path(ckpt_dir) / "threshold.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run the 'training_asr' workflow first (it stores the threshold)")
+        raise FileNotFoundError(
+            f"{path} does not exist: run the 'training_asr' workflow first (it stores the threshold)"
+        )
     return json.loads(path.read_text())
 
 
@@ -132,29 +167,41 @@ def threshold_for(record: dict, score: Optional[str] = None, selection: Optional
     else:
         requested, reason = score, "requested explicitly (deploy_score)"
     if score not in table:
-        raise ValueError(f"deploy_score {score!r}: threshold.json holds thresholds for {', '.join(sorted(table))}"
-                         + ("" if record.get("thresholds") else "; re-run the 'training_asr' workflow to store one for every score"))
+        raise ValueError(
+            f"deploy_score {score!r}: threshold.json holds thresholds for {', '.join(sorted(table))}"
+            + ("" if record.get("thresholds") else "; re-run the 'training_asr' workflow to store one for every score")
+        )
     return dict(record, score=score, threshold=float(table[score]), reason=reason, requested=requested)
 
 
-def deployment_threshold(record: dict, pipeline: DDADPipeline, score: Optional[str] = None,
-                         selection: Optional[dict] = None) -> dict:
+def deployment_threshold(
+    record: dict, pipeline: DDADPipeline, score: Optional[str] = None, selection: Optional[dict] = None
+) -> dict:
     """``threshold_for`` checked against the trained model: the chosen score must be one the model
     computes; an explicitly requested refined score whose refiner stage 2 did not mark reliable
     is deployed as asked, with a warning."""
     chosen = threshold_for(record, score, selection)
     if chosen["score"] not in pipeline.score_names:
-        raise ValueError(f"deploy_score {chosen['score']!r} is not a score of this model "
-                         f"(it has {', '.join(pipeline.score_names)})")
-    if chosen["requested"] != AUTO and chosen["score"] in ("R_dual", "R_intra") and not refiner_reliable(selection, chosen["score"]):
-        logger.warning("deploy_score %s: its ASR-Net is not marked reliable in asr_selection.json (no learned "
-                       "signal shown on held-out synthetic anomalies); deploy_score auto would choose %s",
-                       chosen["score"], choose_deploy_score(pipeline.score_names, selection)[0])
+        raise ValueError(
+            f"deploy_score {chosen['score']!r} is not a score of this model (it has {', '.join(pipeline.score_names)})"
+        )
+    if (
+        chosen["requested"] != AUTO
+        and chosen["score"] in ("R_dual", "R_intra")
+        and not refiner_reliable(selection, chosen["score"])
+    ):
+        logger.warning(
+            "deploy_score %s: its ASR-Net is not marked reliable in asr_selection.json (no learned "
+            "signal shown on held-out synthetic anomalies); deploy_score auto would choose %s",
+            chosen["score"],
+            choose_deploy_score(pipeline.score_names, selection)[0],
+        )
     logger.info("deploying %s: %s", chosen["score"], chosen["reason"])
     return chosen
 
 
 # ----------------------------------------------------------------------------- inputs
+
 
 def list_inputs(paths: Iterable) -> list[Path]:
     """Files to score: given files as they are, folders searched recursively for supported images."""
@@ -197,6 +244,7 @@ def volume_slices(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 # ----------------------------------------------------------------------------- outputs
 
+
 def heat_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """RGB uint8 (H, W, 3): the grayscale input with the map in a fixed [0, 1] colour scale on top."""
     from matplotlib import colormaps
@@ -220,6 +268,7 @@ def _stem(path: Path) -> str:
 
 # ----------------------------------------------------------------------------- scorer
 
+
 class FolderScorer:
     """Scores files with a trained ``DDADPipeline``; see the module docstring.
 
@@ -233,9 +282,17 @@ class FolderScorer:
         device: where the networks run.
     """
 
-    def __init__(self, pipeline: DDADPipeline, preprocessing: Compose, threshold: dict, channels: int = 1,
-                 device="cpu", batch_size: int = 32, score_name: Optional[str] = None,
-                 selection: Optional[dict] = None):
+    def __init__(
+        self,
+        pipeline: DDADPipeline,
+        preprocessing: Compose,
+        threshold: dict,
+        channels: int = 1,
+        device="cpu",
+        batch_size: int = 32,
+        score_name: Optional[str] = None,
+        selection: Optional[dict] = None,
+    ):
         self.pipeline = pipeline.to(device).eval()
         threshold = deployment_threshold(threshold, pipeline, score_name, selection)
         self.reason = threshold["reason"]
@@ -258,8 +315,11 @@ class FolderScorer:
 
     def _back_to_input(self, anomaly_map: np.ndarray, prepared: MetaTensor, shape) -> np.ndarray:
         """The map at the input's resolution: MONAI inverts the chain's crops, resizes and pads."""
-        tracked = MetaTensor(torch.as_tensor(anomaly_map)[None], meta=dict(prepared.meta),
-                             applied_operations=list(prepared.applied_operations))
+        tracked = MetaTensor(
+            torch.as_tensor(anomaly_map)[None],
+            meta=dict(prepared.meta),
+            applied_operations=list(prepared.applied_operations),
+        )
         try:
             restored = self.array_chain.inverse({"image": tracked})["image"][0]
         except Exception:  # a transform without an inverse: fall back to a plain resize
@@ -285,8 +345,9 @@ class FolderScorer:
         nib.save(nib.Nifti1Image(to_nifti_orientation(full), np.eye(4)), str(out_dir / f"{stem}_map.nii.gz"))
         gray = np.asarray(image).mean(axis=0)
         Image.fromarray(heat_overlay(gray, full)).save(out_dir / f"{stem}_overlay.png")
-        return self._row(path, score, kind="image", slices=1, map_file=f"{stem}_map.nii.gz",
-                         overlay_file=f"{stem}_overlay.png")
+        return self._row(
+            path, score, kind="image", slices=1, map_file=f"{stem}_map.nii.gz", overlay_file=f"{stem}_overlay.png"
+        )
 
     def _score_volume(self, path: Path, out_dir: Path, slices: np.ndarray, affine: np.ndarray) -> dict:
         if not np.isfinite(slices).all():
@@ -304,26 +365,45 @@ class FolderScorer:
         nib.save(nib.Nifti1Image(volume_map.astype(np.float32), affine), str(out_dir / f"{stem}_map.nii.gz"))
         worst = int(np.argmax(scores))
         Image.fromarray(heat_overlay(slices[worst], full[worst])).save(out_dir / f"{stem}_overlay.png")
-        row = self._row(path, float(scores.max()), kind="volume", slices=len(scores), map_file=f"{stem}_map.nii.gz",
-                        overlay_file=f"{stem}_overlay.png")
+        row = self._row(
+            path,
+            float(scores.max()),
+            kind="volume",
+            slices=len(scores),
+            map_file=f"{stem}_map.nii.gz",
+            overlay_file=f"{stem}_overlay.png",
+        )
         row["slice_scores"] = [float(s) for s in scores]
         row["max_slice"] = worst
         return row
 
     def _row(self, path: Path, score: float, **extra) -> dict:
         label = "abnormal" if score > self.threshold else "normal"
-        return {"file": str(path), "status": "ok", "score_name": self.score_name, "score": score,
-                "threshold": self.threshold, "label": label, **extra}
+        return {
+            "file": str(path),
+            "status": "ok",
+            "score_name": self.score_name,
+            "score": score,
+            "threshold": self.threshold,
+            "label": label,
+            **extra,
+        }
 
     def run(self, inputs: Iterable, out_dir) -> dict:
         """Score every file; returns the summary also written as ``summary.json``."""
         out_dir = Path(out_dir)
-        return score_files(lambda path: self.score_file(path, out_dir), inputs, out_dir, SUMMARY_COLUMNS,
-                           {"score_name": self.score_name, "score_reason": self.reason, "threshold": self.threshold})
+        return score_files(
+            lambda path: self.score_file(path, out_dir),
+            inputs,
+            out_dir,
+            SUMMARY_COLUMNS,
+            {"score_name": self.score_name, "score_reason": self.reason, "threshold": self.threshold},
+        )
 
 
-def score_files(score_file: Callable[[Path], dict], inputs: Iterable, out_dir, columns, header: dict,
-                note: str = "") -> dict:
+def score_files(
+    score_file: Callable[[Path], dict], inputs: Iterable, out_dir, columns, header: dict, note: str = ""
+) -> dict:
     """``score_file`` on every input; a file that cannot be read is reported by name and the others
     are still scored. Writes ``summary.json`` (``header``, counts, rows) and ``scores.csv``;
     ``note`` is added to the printed line."""
@@ -336,11 +416,18 @@ def score_files(score_file: Callable[[Path], dict], inputs: Iterable, out_dir, c
         except (ImageLoadError, ValueError, OSError, RuntimeError) as error:
             logger.error("%s: not scored: %s", path, error)
             rows.append({"file": str(path), "status": "error", "error": str(error)})
-    summary = {**header, "n_files": len(rows), "n_scored": sum(r["status"] == "ok" for r in rows),
-               "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
-               "n_errors": sum(r["status"] == "error" for r in rows), "files": rows}
+    summary = {
+        **header,
+        "n_files": len(rows),
+        "n_scored": sum(r["status"] == "ok" for r in rows),
+        "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
+        "n_errors": sum(r["status"] == "error" for r in rows),
+        "files": rows,
+    }
     write_json_atomic(summary, out_dir / "summary.json")
     write_csv_atomic(rows, out_dir / "scores.csv", columns, extrasaction="ignore")
-    print(f"scored {summary['n_scored']} of {summary['n_files']} files ({summary['n_abnormal']} abnormal, "
-          f"{summary['n_errors']} unreadable){note}; results in {out_dir}")
+    print(
+        f"scored {summary['n_scored']} of {summary['n_files']} files ({summary['n_abnormal']} abnormal, "
+        f"{summary['n_errors']} unreadable){note}; results in {out_dir}"
+    )
     return summary

@@ -53,8 +53,14 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from ..scoring.anomaly_families import FamilySynthesizer, check_families
-from ..scoring.refiner_diagnostics import (bootstrap_auc_interval, chance_probability, constant_prediction_loss,
-                                          paired_share, patch_response, rank_correlations)
+from ..scoring.refiner_diagnostics import (
+    bootstrap_auc_interval,
+    chance_probability,
+    constant_prediction_loss,
+    paired_share,
+    patch_response,
+    rank_correlations,
+)
 from .ensemble import MemberBatches, bf16_autocast, member_seeds
 from ..runtime.files import torch_save_atomic, write_json_atomic
 from ..networks.fused import stack_members
@@ -85,6 +91,8 @@ def as_target(labels: torch.Tensor, target: str) -> torch.Tensor:
     if target == "region":
         return labels
     return (labels.flatten(1).amax(1) > 0).to(labels.dtype).view(-1, 1, 1, 1).expand_as(labels).contiguous()
+
+
 REFINER_SCORES = {"dual": "R_dual", "intra": "R_intra"}
 
 
@@ -95,8 +103,9 @@ class MapExtractor(nn.Module):
     batched pass per stage-2 batch, as in evaluation and inference.
     """
 
-    def __init__(self, ndm_members: Sequence[nn.Module], udm_members: Sequence[nn.Module] = (),
-                 heteroscedastic: bool = False):
+    def __init__(
+        self, ndm_members: Sequence[nn.Module], udm_members: Sequence[nn.Module] = (), heteroscedastic: bool = False
+    ):
         super().__init__()
         self.ndm = nn.ModuleList(ndm_members)
         self.udm = nn.ModuleList(udm_members)
@@ -148,8 +157,9 @@ def refiner_input(maps: Dict[str, torch.Tensor], name: str, scales: Dict[str, fl
     return torch.cat([maps[k] / scales[k] for k in REFINER_INPUTS[name]], dim=1)
 
 
-def make_validation_set(images: torch.Tensor, seed: int, families: Optional[Sequence[str]] = None,
-                        unlabeled: Optional[torch.Tensor] = None):
+def make_validation_set(
+    images: torch.Tensor, seed: int, families: Optional[Sequence[str]] = None, unlabeled: Optional[torch.Tensor] = None
+):
     """Held-out normals, each twice: as it is, and with a synthetic anomaly fixed by the seed.
 
     Half of the samples are synthetic by construction, so the selection AUC compares every
@@ -165,7 +175,8 @@ def make_validation_set(images: torch.Tensor, seed: int, families: Optional[Sequ
         synthesized, labels, _ = synthesize_batch(images, generator, prob=1.0)
     else:
         synthesized, labels, _ = FamilySynthesizer(families, unlabeled, prob=1.0, key="synthesis_holdout")(
-            images, int(seed) + 2999)
+            images, int(seed) + 2999
+        )
     return torch.cat([images, synthesized]), torch.cat([torch.zeros_like(labels), labels])
 
 
@@ -196,12 +207,26 @@ class RefinementTrainer(Trainer):
             (docs/README.md, "Patch response"); ``image`` asks the refiner for what the maps show.
     """
 
-    def __init__(self, device, max_epochs: int, refiners: Dict[str, nn.Module], extractor: MapExtractor,
-                 images: torch.Tensor, seed: int = 0, batch_size: int = 8, learning_rate: float = 1e-4,
-                 weight_decay: float = 1e-4, scales: Optional[Dict[str, float]] = None, handlers=None,
-                 amp: bool = False, betas: Sequence[float] = (0.5, 0.999), synthesis: Sequence[str] = ("fpi",),
-                 unlabeled_images: Optional[torch.Tensor] = None, synthesis_prob: float = 0.5,
-                 target: str = "region"):
+    def __init__(
+        self,
+        device,
+        max_epochs: int,
+        refiners: Dict[str, nn.Module],
+        extractor: MapExtractor,
+        images: torch.Tensor,
+        seed: int = 0,
+        batch_size: int = 8,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 1e-4,
+        scales: Optional[Dict[str, float]] = None,
+        handlers=None,
+        amp: bool = False,
+        betas: Sequence[float] = (0.5, 0.999),
+        synthesis: Sequence[str] = ("fpi",),
+        unlabeled_images: Optional[torch.Tensor] = None,
+        synthesis_prob: float = 0.5,
+        target: str = "region",
+    ):
         if images.shape[0] < 2:
             raise ValueError(f"stage 2 needs at least 2 known-normal images, got {images.shape[0]}")
         if batch_size < 2:
@@ -210,8 +235,15 @@ class RefinementTrainer(Trainer):
         self.seed = member_seeds(seed, "asr", 1)[0]
         batches = MemberBatches(images, [self.seed], batch_size, name="known normals (stage 2)")
         device = torch.device(device)
-        super().__init__(device=device, max_epochs=max_epochs, data_loader=batches, epoch_length=len(batches),
-                         handlers=None, amp=False, decollate=False)
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=batches,
+            epoch_length=len(batches),
+            handlers=None,
+            amp=False,
+            decollate=False,
+        )
         # bf16 autocast is applied by this class (self.bf16); MONAI's own amp flag would make
         # Trainer.run build an fp16 GradScaler, which bf16 does not need.
         self.bf16 = bool(amp)
@@ -220,8 +252,12 @@ class RefinementTrainer(Trainer):
         self.members = list(self.refiners.values())
         if len(betas) != 2 or not all(0.0 <= float(b) < 1.0 for b in betas):
             raise ValueError(f"asr_betas must be two numbers in [0, 1), got {list(betas)}")
-        self.optimizers = [torch.optim.Adam(r.parameters(), lr=learning_rate, betas=tuple(float(b) for b in betas),
-                                            weight_decay=weight_decay) for r in self.members]
+        self.optimizers = [
+            torch.optim.Adam(
+                r.parameters(), lr=learning_rate, betas=tuple(float(b) for b in betas), weight_decay=weight_decay
+            )
+            for r in self.members
+        ]
         self.extractor = extractor.to(device)
         self.loss = asr_focal_loss()
         self.scales = scales if scales is not None else map_scales(self.extractor, images.to(device))
@@ -232,8 +268,11 @@ class RefinementTrainer(Trainer):
         self.synthesis = check_families(synthesis)
         self.synthesis_prob = float(synthesis_prob)
         self.unlabeled_images = unlabeled_images
-        self.families = (None if self.synthesis == ["fpi"] else
-                         FamilySynthesizer(self.synthesis, unlabeled_images, self.synthesis_prob))
+        self.families = (
+            None
+            if self.synthesis == ["fpi"]
+            else FamilySynthesizer(self.synthesis, unlabeled_images, self.synthesis_prob)
+        )
         self.epoch_losses: Dict[str, List[float]] = {name: [] for name in self.refiners}
         self.add_event_handler(Events.EPOCH_STARTED, self._start_epoch)
         for handler in handlers or []:
@@ -281,12 +320,15 @@ class RefinementTrainer(Trainer):
 
 
 @torch.no_grad()
-def refined_scores(refiner: nn.Module, maps: Dict[str, torch.Tensor], name: str, scales: Dict[str, float],
-                   batch_size: int = 64) -> torch.Tensor:
+def refined_scores(
+    refiner: nn.Module, maps: Dict[str, torch.Tensor], name: str, scales: Dict[str, float], batch_size: int = 64
+) -> torch.Tensor:
     """Image scores (N,): mean anomaly probability of the refiner over each image."""
     refiner.eval()
     x = refiner_input(maps, name, scales)
-    scores = [torch.softmax(refiner(x[s : s + batch_size]), 1)[:, 1].flatten(1).mean(1) for s in range(0, len(x), batch_size)]
+    scores = [
+        torch.softmax(refiner(x[s : s + batch_size]), 1)[:, 1].flatten(1).mean(1) for s in range(0, len(x), batch_size)
+    ]
     return torch.cat(scores)
 
 
@@ -309,12 +351,21 @@ class RefinerSelection:
         n_diagnostic: training normals in the fixed patch-response sample.
     """
 
-    def __init__(self, ckpt_dir, validation_images: torch.Tensor, seed: int = 0, val_every: int = 1,
-                 holdout: Optional[Sequence[str] | str] = None, metric: str = "auc",
-                 unlabeled_images: Optional[torch.Tensor] = None, n_diagnostic: int = 64):
+    def __init__(
+        self,
+        ckpt_dir,
+        validation_images: torch.Tensor,
+        seed: int = 0,
+        val_every: int = 1,
+        holdout: Optional[Sequence[str] | str] = None,
+        metric: str = "auc",
+        unlabeled_images: Optional[torch.Tensor] = None,
+        n_diagnostic: int = 64,
+    ):
         if metric not in SELECTION_METRICS:
-            raise ValueError(f"config key 'selection_metric' must be one of {', '.join(SELECTION_METRICS)}, "
-                             f"got {metric!r}")
+            raise ValueError(
+                f"config key 'selection_metric' must be one of {', '.join(SELECTION_METRICS)}, got {metric!r}"
+            )
         self.ckpt_dir = Path(ckpt_dir)
         self.validation_images = validation_images
         self.seed = int(seed)
@@ -331,8 +382,7 @@ class RefinerSelection:
     def attach(self, engine: Engine) -> None:
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         self.families = self.holdout or engine.synthesis
-        self.images, self.labels = make_validation_set(self.validation_images, self.seed, self.families,
-                                                       self.unlabeled)
+        self.images, self.labels = make_validation_set(self.validation_images, self.seed, self.families, self.unlabeled)
         self.image_labels = (self.labels.flatten(1).amax(1) > 0).long()
         engine.add_event_handler(Events.STARTED, self.load_previous)
         engine.add_event_handler(Events.STARTED, self.measure_patch_response)
@@ -360,27 +410,46 @@ class RefinerSelection:
         for role, families in (("training", engine.synthesis), ("held_out", self.families)):
             synth = FamilySynthesizer(families, self.unlabeled, prob=1.0)
             altered, labels, _ = synth(train, self.seed + 4999)
-            entry = {"families": list(families),
-                     "training_normals": patch_response(engine.extractor, train.to(device), altered.to(device), labels)}
+            entry = {
+                "families": list(families),
+                "training_normals": patch_response(engine.extractor, train.to(device), altered.to(device), labels),
+            }
             if role == "held_out":
                 entry["held_out_normals"] = patch_response(
-                    engine.extractor, clean_val.to(device), self.images[len(clean_val):].to(device),
-                    self.labels[len(clean_val):])
+                    engine.extractor,
+                    clean_val.to(device),
+                    self.images[len(clean_val) :].to(device),
+                    self.labels[len(clean_val) :],
+                )
             response[role] = entry
         # The constant predictor faces the training label distribution (synthesis probability included).
         labels = engine.label_sample(train, self.seed + 5999)
         loss, probability = constant_prediction_loss(engine.loss, labels)
-        self.diagnostics = {"patch_response": response,
-                            "constant_prediction": {"loss": loss, "anomaly_probability": probability,
-                                                    "positive_pixel_share": float(labels.mean())}}
+        self.diagnostics = {
+            "patch_response": response,
+            "constant_prediction": {
+                "loss": loss,
+                "anomaly_probability": probability,
+                "positive_pixel_share": float(labels.mean()),
+            },
+        }
         for name in engine.refiners:
-            silent = [m for m in REFINER_INPUTS[name]
-                      if not response["training"]["training_normals"].get(m, {}).get("responds", False)]
+            silent = [
+                m
+                for m in REFINER_INPUTS[name]
+                if not response["training"]["training_normals"].get(m, {}).get("responds", False)
+            ]
             if silent:
-                logger.warning("asr %s: its input map%s %s barely respond%s to the %s synthesis on the training "
-                               "normals (paired share below %.2f): there is little for the ASR-Net to learn",
-                               name, "s" if len(silent) > 1 else "", ", ".join(silent), "" if len(silent) > 1 else "s",
-                               "+".join(engine.synthesis), 0.65)
+                logger.warning(
+                    "asr %s: its input map%s %s barely respond%s to the %s synthesis on the training "
+                    "normals (paired share below %.2f): there is little for the ASR-Net to learn",
+                    name,
+                    "s" if len(silent) > 1 else "",
+                    ", ".join(silent),
+                    "" if len(silent) > 1 else "s",
+                    "+".join(engine.synthesis),
+                    0.65,
+                )
         self._write_record()
 
     # ------------------------------------------------------------------ every val_every epochs
@@ -395,10 +464,12 @@ class RefinerSelection:
             loss = float(engine.loss(logits, as_target(self.labels, engine.target).to(logits.device)))
             prob = torch.softmax(logits, 1)[n:, 1].flatten().cpu().numpy()
         mask = self.labels[n:].flatten().numpy() > 0.5
-        measures = {"val_auc": float(roc_auc_score(self.image_labels.numpy(), scores)),
-                    "paired_share": paired_share(scores[:n], scores[n:]),
-                    "pixel_auroc": float(roc_auc_score(mask, prob)) if 0 < mask.sum() < mask.size else float("nan"),
-                    "val_loss": loss}
+        measures = {
+            "val_auc": float(roc_auc_score(self.image_labels.numpy(), scores)),
+            "paired_share": paired_share(scores[:n], scores[n:]),
+            "pixel_auroc": float(roc_auc_score(mask, prob)) if 0 < mask.sum() < mask.size else float("nan"),
+            "val_loss": loss,
+        }
         return measures, scores
 
     def _better(self, new: dict, old: Optional[dict]) -> bool:
@@ -422,18 +493,31 @@ class RefinerSelection:
             if self._better(measures, self.best.get(name)):
                 self.best[name] = {**measures, "epoch": epoch}
                 self.best[name].update(self._at_best(name, scores))
-                torch_save_atomic({"state_dict": refiner.state_dict(), "scales": engine.scales,
-                                   "inputs": list(REFINER_INPUTS[name])}, self.ckpt_dir / f"asr_{name}.pt")
-            logger.info("asr %s: epoch %d held-out AUC %.4f, paired %.3f, pixel AUROC %.3f, val loss %.5f "
-                        "(best by %s at epoch %d)", name, epoch, measures["val_auc"], measures["paired_share"],
-                        measures["pixel_auroc"], measures["val_loss"], self.metric, self.best[name]["epoch"])
+                torch_save_atomic(
+                    {"state_dict": refiner.state_dict(), "scales": engine.scales, "inputs": list(REFINER_INPUTS[name])},
+                    self.ckpt_dir / f"asr_{name}.pt",
+                )
+            logger.info(
+                "asr %s: epoch %d held-out AUC %.4f, paired %.3f, pixel AUROC %.3f, val loss %.5f "
+                "(best by %s at epoch %d)",
+                name,
+                epoch,
+                measures["val_auc"],
+                measures["paired_share"],
+                measures["pixel_auroc"],
+                measures["val_loss"],
+                self.metric,
+                self.best[name]["epoch"],
+            )
         self._write_record()
 
     def _at_best(self, name: str, scores: np.ndarray) -> dict:
         """What only the selected epoch needs: its AUC interval and rank correlation with the inputs."""
         inputs = {m: self._maps[m].flatten(1).mean(1).cpu().numpy() for m in REFINER_INPUTS[name]}
-        return {"val_auc_ci95": bootstrap_auc_interval(self.image_labels.numpy(), scores, n_boot=200, seed=self.seed),
-                "rank_correlation_with_inputs": rank_correlations(scores, inputs)}
+        return {
+            "val_auc_ci95": bootstrap_auc_interval(self.image_labels.numpy(), scores, n_boot=200, seed=self.seed),
+            "rank_correlation_with_inputs": rank_correlations(scores, inputs),
+        }
 
     # ------------------------------------------------------------------ after training
     def finish(self, engine: Engine) -> None:
@@ -455,20 +539,34 @@ class RefinerSelection:
                 logger.warning(
                     "asr %s: not reliable (held-out AUC %.3f, needs %.2f; final training loss %.3g = %.2f x the best "
                     "constant prediction's, needs <= %.2f): %s has no learned signal and deploy_score auto will not "
-                    "deploy it; see asr_selection.json", name, entry["val_auc"], RELIABLE_SELECTION_AUC,
-                    entry["final_train_loss"], entry["loss_ratio"], RELIABLE_LOSS_RATIO, REFINER_SCORES[name])
+                    "deploy it; see asr_selection.json",
+                    name,
+                    entry["val_auc"],
+                    RELIABLE_SELECTION_AUC,
+                    entry["final_train_loss"],
+                    entry["loss_ratio"],
+                    RELIABLE_LOSS_RATIO,
+                    REFINER_SCORES[name],
+                )
 
     def _write_record(self) -> None:
         for entry in self.best.values():
             ratio = entry.get("loss_ratio")
             beats_constant = ratio is not None and math.isfinite(ratio) and ratio <= RELIABLE_LOSS_RATIO
             entry["reliable"] = bool(entry["val_auc"] >= RELIABLE_SELECTION_AUC and beats_constant)
-        record = {"selection": f"{self.metric} on held-out known normals, each clean and altered by "
-                               f"{'+'.join(self.families)} (seeded)",
-                  "selection_metric": self.metric, "validation_families": list(self.families),
-                  "validation_images": int(len(self.images)), "validation_with_anomaly": int(self.image_labels.sum()),
-                  "reliable_above_val_auc": RELIABLE_SELECTION_AUC, "reliable_below_loss_ratio": RELIABLE_LOSS_RATIO,
-                  "refiners": self.best, "diagnostics": self.diagnostics, "history": self.history}
+        record = {
+            "selection": f"{self.metric} on held-out known normals, each clean and altered by "
+            f"{'+'.join(self.families)} (seeded)",
+            "selection_metric": self.metric,
+            "validation_families": list(self.families),
+            "validation_images": int(len(self.images)),
+            "validation_with_anomaly": int(self.image_labels.sum()),
+            "reliable_above_val_auc": RELIABLE_SELECTION_AUC,
+            "reliable_below_loss_ratio": RELIABLE_LOSS_RATIO,
+            "refiners": self.best,
+            "diagnostics": self.diagnostics,
+            "history": self.history,
+        }
         write_json_atomic(record, self.ckpt_dir / "asr_selection.json")
 
 
@@ -476,7 +574,9 @@ def load_refiner(ckpt_dir, name: str, device="cpu", width: int = 128):
     """(ASR-Net in eval mode, map scales) of a selected refiner; a missing file names the fix."""
     path = Path(ckpt_dir) / f"asr_{name}.pt"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run the 'training_asr' workflow with the same output_dir first")
+        raise FileNotFoundError(
+            f"{path} does not exist: run the 'training_asr' workflow with the same output_dir first"
+        )
     saved = torch.load(path, map_location="cpu", weights_only=False)
     net = ASRNet(len(saved["inputs"]), width)
     net.load_state_dict(saved["state_dict"])

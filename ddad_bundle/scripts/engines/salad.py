@@ -41,7 +41,7 @@ from monai.engines import Trainer
 from torch import nn
 
 from ..networks.salad import SALADNet
-from ..scoring.salad import (MemoryBank, nearest_entries, neighbour_mask, neighbourhood_nll, prototypical)
+from ..scoring.salad import MemoryBank, nearest_entries, neighbour_mask, neighbourhood_nll, prototypical
 
 logger = logging.getLogger("ddad")
 
@@ -80,11 +80,15 @@ class SaladSchedule:
             fractions = [1.0] * len(self.neighbours)
         self.prototype_fractions = [float(f) for f in fractions]
         if self.pretrain_epochs < 0 or self.round_epochs < 1 and self.neighbours:
-            raise ValueError(f"salad_pretrain_epochs must be >= 0 and salad_round_epochs >= 1, got "
-                             f"{self.pretrain_epochs} and {self.round_epochs}")
+            raise ValueError(
+                f"salad_pretrain_epochs must be >= 0 and salad_round_epochs >= 1, got "
+                f"{self.pretrain_epochs} and {self.round_epochs}"
+            )
         if len(self.prototype_fractions) != len(self.neighbours):
-            raise ValueError(f"salad_prototype_fractions has {len(self.prototype_fractions)} entries but "
-                             f"salad_neighbours {len(self.neighbours)}: give one per round")
+            raise ValueError(
+                f"salad_prototype_fractions has {len(self.prototype_fractions)} entries but "
+                f"salad_neighbours {len(self.neighbours)}: give one per round"
+            )
         if any(k < 1 for k in self.neighbours):
             raise ValueError(f"salad_neighbours must all be >= 1, got {self.neighbours}")
 
@@ -116,8 +120,14 @@ class XrayAugment:
     at these sizes), drawn from the given generator so that a resumed run sees the same views.
     """
 
-    def __init__(self, rotate_degrees: float = 5.0, scale: float = 0.05, shift: float = 0.05,
-                 brightness: float = 0.1, contrast: float = 0.1):
+    def __init__(
+        self,
+        rotate_degrees: float = 5.0,
+        scale: float = 0.05,
+        shift: float = 0.05,
+        brightness: float = 0.1,
+        contrast: float = 0.1,
+    ):
         self.rotate, self.scale, self.shift = math.radians(rotate_degrees), scale, shift
         self.brightness, self.contrast = brightness, contrast
 
@@ -169,8 +179,17 @@ class SaladBatches:
             yield {"image": self.images[index], "index": index}
 
 
-def salad_losses(model: SaladModel, images: torch.Tensor, index: torch.Tensor, views: int, augment: XrayAugment,
-                 generator: torch.Generator, tau: float, k: int = 0, fraction: float = 1.0) -> dict:
+def salad_losses(
+    model: SaladModel,
+    images: torch.Tensor,
+    index: torch.Tensor,
+    views: int,
+    augment: XrayAugment,
+    generator: torch.Generator,
+    tau: float,
+    k: int = 0,
+    fraction: float = 1.0,
+) -> dict:
     """The step's losses {"mse", "ss", "agg", "z"} (see the module docstring); agg is 0 when k = 0."""
     b = images.shape[0]
     batch = torch.cat([augment(images, generator) for _ in range(views)])  # (views * B, C, H, W), view-major
@@ -214,18 +233,38 @@ class SaladTrainer(Trainer):
     ``engine.state.output``: {"loss", "mse", "ss", "agg", "round", "k"} as floats.
     """
 
-    def __init__(self, device, model: SaladModel, optimizer: torch.optim.Optimizer, data: SaladBatches,
-                 schedule: SaladSchedule, weight: float = 0.25, tau: float = 0.1, views: int = 2, seed: int = 0,
-                 augment: XrayAugment | None = None, handlers=None):
+    def __init__(
+        self,
+        device,
+        model: SaladModel,
+        optimizer: torch.optim.Optimizer,
+        data: SaladBatches,
+        schedule: SaladSchedule,
+        weight: float = 0.25,
+        tau: float = 0.1,
+        views: int = 2,
+        seed: int = 0,
+        augment: XrayAugment | None = None,
+        handlers=None,
+    ):
         if views < 1:
             raise ValueError(f"salad_views must be >= 1, got {views}")
         if model.bank.entries.shape[0] != data.images.shape[0]:
-            raise ValueError(f"the memory bank has {model.bank.entries.shape[0]} entries but the training pool "
-                             f"{data.images.shape[0]} images: one entry per training image")
+            raise ValueError(
+                f"the memory bank has {model.bank.entries.shape[0]} entries but the training pool "
+                f"{data.images.shape[0]} images: one entry per training image"
+            )
         device = torch.device(device)
         data.images = data.images.to(device)
-        super().__init__(device=device, max_epochs=schedule.max_epochs, data_loader=data, epoch_length=len(data),
-                         handlers=None, amp=False, decollate=False)
+        super().__init__(
+            device=device,
+            max_epochs=schedule.max_epochs,
+            data_loader=data,
+            epoch_length=len(data),
+            handlers=None,
+            amp=False,
+            decollate=False,
+        )
         self.model = model.to(device)
         self.members, self.optimizers, self.schedulers = nn.ModuleList([self.model]), [optimizer], []
         self.data, self.schedule = data, schedule
@@ -239,8 +278,13 @@ class SaladTrainer(Trainer):
     def _log_phase(self, engine) -> None:
         r, k, fraction = self.schedule.phase(engine.state.epoch)
         if engine.state.epoch == 1 or self.schedule.phase(engine.state.epoch - 1)[0] != r:
-            logger.info("salad epoch %d: %s", engine.state.epoch, "pre-training (L_mse + L_ss)" if r == 0 else
-                        f"aggregation round {r}: k = {k}, B_ps = {fraction:.0%} of each batch")
+            logger.info(
+                "salad epoch %d: %s",
+                engine.state.epoch,
+                "pre-training (L_mse + L_ss)"
+                if r == 0
+                else f"aggregation round {r}: k = {k}, B_ps = {fraction:.0%} of each batch",
+            )
 
     def _iteration(self, engine, batchdata: dict) -> dict:
         r, k, fraction = self.schedule.phase(engine.state.epoch)
@@ -253,10 +297,18 @@ class SaladTrainer(Trainer):
         parts = salad_losses(self.model, images, index, self.views, self.augment, generator, self.tau, k, fraction)
         loss = parts["mse"] + self.weight * (parts["ss"] + parts["agg"])
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"salad: non-finite loss at epoch {engine.state.epoch}, iteration "
-                                     f"{engine.state.iteration}; lower the learning rate (config key 'salad_lr')")
+            raise FloatingPointError(
+                f"salad: non-finite loss at epoch {engine.state.epoch}, iteration "
+                f"{engine.state.iteration}; lower the learning rate (config key 'salad_lr')"
+            )
         loss.backward()
         optimizer.step()
         self.model.bank.update(index, parts["z"])
-        return {"loss": loss.item(), "mse": parts["mse"].item(), "ss": parts["ss"].item(),
-                "agg": parts["agg"].item(), "round": r, "k": k}
+        return {
+            "loss": loss.item(),
+            "mse": parts["mse"].item(),
+            "ss": parts["ss"].item(),
+            "agg": parts["agg"].item(),
+            "round": r,
+            "k": k,
+        }

@@ -45,13 +45,20 @@ COLUMNS = ["file", "status", "score_name", "score", "threshold", "label", "kind"
 class SaladEvaluator(Evaluator):
     """Runs the frozen ``SaladPipeline`` over a test loader (see the module docstring)."""
 
-    def __init__(self, device, val_data_loader, pipeline: SaladPipeline, additional_metrics: Optional[dict] = None,
-                 handlers=None):
+    def __init__(
+        self, device, val_data_loader, pipeline: SaladPipeline, additional_metrics: Optional[dict] = None, handlers=None
+    ):
         metrics = dict(additional_metrics or {})
         key_name = next(iter(metrics), None)  # MONAI attaches metrics only beside a key metric
         key_metric = {key_name: metrics.pop(key_name)} if key_name else None
-        super().__init__(device=torch.device(device), val_data_loader=val_data_loader, key_val_metric=key_metric,
-                         additional_metrics=metrics, val_handlers=handlers, decollate=False)
+        super().__init__(
+            device=torch.device(device),
+            val_data_loader=val_data_loader,
+            key_val_metric=key_metric,
+            additional_metrics=metrics,
+            val_handlers=handlers,
+            decollate=False,
+        )
         self.pipeline = pipeline.to(self.state.device).eval()
 
     def _iteration(self, engine, batchdata: dict) -> dict:
@@ -60,22 +67,36 @@ class SaladEvaluator(Evaluator):
         with torch.no_grad():
             scores, maps = self.pipeline(x), self.pipeline.maps(x)
         meta = getattr(image, "meta", {})
-        return {"image": x, "scores": scores, "maps": maps,
-                "label": torch.as_tensor(batchdata["label"]).to(x.device),
-                "mask": batchdata["mask"].to(x.device) if "mask" in batchdata else None,
-                "filename": list(meta.get("filename_or_obj", []))}
+        return {
+            "image": x,
+            "scores": scores,
+            "maps": maps,
+            "label": torch.as_tensor(batchdata["label"]).to(x.device),
+            "mask": batchdata["mask"].to(x.device) if "mask" in batchdata else None,
+            "filename": list(meta.get("filename_or_obj", [])),
+        }
 
 
 class SaladScorer:
     """Scores files with a trained ``SaladPipeline`` and its stored threshold (``threshold.json``)."""
 
-    def __init__(self, pipeline: SaladPipeline, preprocessing, threshold: dict, channels: int = 1, device="cpu",
-                 batch_size: int = 32, score_name: Optional[str] = None):
+    def __init__(
+        self,
+        pipeline: SaladPipeline,
+        preprocessing,
+        threshold: dict,
+        channels: int = 1,
+        device="cpu",
+        batch_size: int = 32,
+        score_name: Optional[str] = None,
+    ):
         self.pipeline = pipeline.to(device).eval()
         self.score_name = score_name or threshold["score"]
         table = threshold.get("thresholds", {threshold["score"]: threshold["threshold"]})
         if self.score_name not in table:
-            raise ValueError(f"deploy_score {self.score_name!r}: SALAD's threshold.json holds {', '.join(sorted(table))}")
+            raise ValueError(
+                f"deploy_score {self.score_name!r}: SALAD's threshold.json holds {', '.join(sorted(table))}"
+            )
         self.threshold = float(table[self.score_name])
         self.array_chain = without_loading(preprocessing)
         self.loader = LoadMedicalImage(channels=channels)
@@ -111,11 +132,24 @@ class SaladScorer:
         return row
 
     def _row(self, path: Path, score: float, **extra) -> dict:
-        return {"file": str(path), "status": "ok", "score_name": self.score_name, "score": score,
-                "threshold": self.threshold, "label": "abnormal" if score > self.threshold else "normal", **extra}
+        return {
+            "file": str(path),
+            "status": "ok",
+            "score_name": self.score_name,
+            "score": score,
+            "threshold": self.threshold,
+            "label": "abnormal" if score > self.threshold else "normal",
+            **extra,
+        }
 
     def run(self, inputs: Iterable, out_dir) -> dict:
         """Score every file (an unreadable one is reported by name, the others still scored)."""
         header = {"method": "salad", "score_name": self.score_name, "threshold": self.threshold, "map": NO_MAP}
-        return score_files(self.score_file, inputs, out_dir, COLUMNS, header,
-                           note=f" with SALAD's {self.score_name}; no anomaly maps (image-level score)")
+        return score_files(
+            self.score_file,
+            inputs,
+            out_dir,
+            COLUMNS,
+            header,
+            note=f" with SALAD's {self.score_name}; no anomaly maps (image-level score)",
+        )

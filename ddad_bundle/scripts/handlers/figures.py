@@ -47,8 +47,9 @@ def map_panel(samples: Sequence[dict], path) -> Path:
     """Rows of [input, maps...] for a few test images; samples hold 'image', 'label', 'maps'."""
     names = [n for n in PANEL_MAPS if n in samples[0]["maps"]]
     limits = {n: max(float(np.percentile(s["maps"][n], 99.5)) for s in samples) or 1.0 for n in names}
-    fig, axes = plt.subplots(len(samples), 1 + len(names), figsize=(2.0 * (1 + len(names)), 2.0 * len(samples)),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        len(samples), 1 + len(names), figsize=(2.0 * (1 + len(names)), 2.0 * len(samples)), squeeze=False
+    )
     for row, sample in zip(axes, samples):
         row[0].imshow(sample["image"], cmap="gray")
         row[0].set_title("abnormal" if sample["label"] else "normal", fontsize=8)

@@ -55,9 +55,11 @@ logger = logging.getLogger("ddad")
 KNOWN_COLUMNS = ("auc", "auc_ci95", "ap", "f1_max", "sens_at_spec95", "chi2", "pixel_auroc")
 FALLBACK_SCORES = ("R_dual", "R_intra", "A_inter", "A_intra", "A_rec")  # gallery score without threshold.json
 BASELINES = ("mean intensity", "intensity std", "L2 to mean normal")
-GALLERIES = (("normal_high", "Errors: highest-scoring normals (false alarms first)"),
-             ("abnormal_low", "Errors: lowest-scoring abnormals (misses first)"),
-             ("abnormal_high", "Best detections: highest-scoring abnormals"))
+GALLERIES = (
+    ("normal_high", "Errors: highest-scoring normals (false alarms first)"),
+    ("abnormal_low", "Errors: lowest-scoring abnormals (misses first)"),
+    ("abnormal_high", "Best detections: highest-scoring abnormals"),
+)
 
 
 class HtmlReport:
@@ -73,8 +75,19 @@ class HtmlReport:
         n_boot, seed: bootstrap of the baselines' AUC intervals (as ScoreReport's).
     """
 
-    def __init__(self, output_dir, ckpt_dir=None, normal_entries=None, preprocessing=None, gallery_size: int = 6,
-                 split_report=None, n_boot: int = 1000, seed: int = 0, batch_size: int = 64, title: str = ""):
+    def __init__(
+        self,
+        output_dir,
+        ckpt_dir=None,
+        normal_entries=None,
+        preprocessing=None,
+        gallery_size: int = 6,
+        split_report=None,
+        n_boot: int = 1000,
+        seed: int = 0,
+        batch_size: int = 64,
+        title: str = "",
+    ):
         self.output_dir = Path(output_dir)
         self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
         self.normal_entries = normal_entries or []
@@ -111,8 +124,9 @@ class HtmlReport:
         from ..data.cache import evaluation_loader
 
         total, n = None, 0
-        for batch in evaluation_loader(self.normal_entries, self.preprocessing, "normal (D_n), for the L2 baseline",
-                                       self.batch_size):
+        for batch in evaluation_loader(
+            self.normal_entries, self.preprocessing, "normal (D_n), for the L2 baseline", self.batch_size
+        ):
             images = torch.as_tensor(batch["image"]).float()
             total = images.sum(0) if total is None else total + images.sum(0)
             n += len(images)
@@ -135,12 +149,17 @@ class HtmlReport:
         self.baselines["mean intensity"].extend(flat.mean(1).tolist())
         self.baselines["intensity std"].extend(flat.std(1).tolist())
         if self.mean_normal is not None:
-            self.baselines["L2 to mean normal"].extend(np.linalg.norm(flat - self.mean_normal.reshape(1, -1), axis=1).tolist())
+            self.baselines["L2 to mean normal"].extend(
+                np.linalg.norm(flat - self.mean_normal.reshape(1, -1), axis=1).tolist()
+            )
         for i, label in enumerate(labels if maps is not None else []):  # a score without maps has no gallery
             s = float(scores[self.gallery_score][i])
             item = (str(names[i]), label, s, images[i].mean(0), maps[i, 0])
-            for heap_name, key in (("normal_high", s if label == 0 else None), ("abnormal_low", -s if label == 1 else None),
-                                   ("abnormal_high", s if label == 1 else None)):
+            for heap_name, key in (
+                ("normal_high", s if label == 0 else None),
+                ("abnormal_low", -s if label == 1 else None),
+                ("abnormal_high", s if label == 1 else None),
+            ):
                 if key is not None:
                     self._push(self.heaps[heap_name], key, item)
 
@@ -179,8 +198,10 @@ class HtmlReport:
             self._split_section(),
             metrics_section(metrics),
             self._operating_section(scores, labels),
-            figure_section("ROC and precision-recall curves", [("ROC curves of every score", roc_png),
-                                                                ("Precision-recall curves of every score", pr_png)]),
+            figure_section(
+                "ROC and precision-recall curves",
+                [("ROC curves of every score", roc_png), ("Precision-recall curves of every score", pr_png)],
+            ),
             self._histogram_section(),
             self._gallery_section(),
             self._baseline_section(labels),
@@ -192,9 +213,11 @@ class HtmlReport:
 
     def _header(self, labels: np.ndarray) -> str:
         n_abn = int(labels.sum())
-        return (f"<p>{len(labels)} test images ({len(labels) - n_abn} normal, {n_abn} abnormal), evaluated "
-                f"{html.escape(time.strftime('%Y-%m-%d %H:%M'))}; run folder <code>{html.escape(str(self.output_dir.parent))}"
-                "</code>. AUC intervals: stratified bootstrap, 95%.</p>")
+        return (
+            f"<p>{len(labels)} test images ({len(labels) - n_abn} normal, {n_abn} abnormal), evaluated "
+            f"{html.escape(time.strftime('%Y-%m-%d %H:%M'))}; run folder <code>{html.escape(str(self.output_dir.parent))}"
+            "</code>. AUC intervals: stratified bootstrap, 95%.</p>"
+        )
 
     def _split_section(self) -> str:
         if not self.split_report.is_file():
@@ -204,16 +227,21 @@ class HtmlReport:
         rows = [[k, v] for k, v in c.items()] + [["D_u anomaly rate used", report.get("unlabeled_anomaly_rate")]]
         text = table(["set", "images"], rows)
         for pair, n in (dup.get("across_sets") or {}).items():
-            text += (f"<p class='warn'>{n} pixel-identical image(s) in both {html.escape(pair.replace('/', ' and '))}: "
-                     + html.escape("; ".join(dup.get("examples", {}).get(pair, []))) + "</p>")
+            text += (
+                f"<p class='warn'>{n} pixel-identical image(s) in both {html.escape(pair.replace('/', ' and '))}: "
+                + html.escape("; ".join(dup.get("examples", {}).get(pair, [])))
+                + "</p>"
+            )
         if report.get("dropped"):
             text += f"<p>{len(report['dropped'])} duplicate(s) dropped before training (drop_duplicates).</p>"
         return section("The split", f"<p><code>{html.escape(str(report.get('source', '')))}</code></p>" + text)
 
     def _operating_section(self, scores: dict, labels: np.ndarray) -> str:
         if not self.threshold:
-            return section("Operating point", "<p>No <code>models/threshold.json</code> (stage 2 stores it): no "
-                                              "decision threshold to evaluate.</p>")
+            return section(
+                "Operating point",
+                "<p>No <code>models/threshold.json</code> (stage 2 stores it): no decision threshold to evaluate.</p>",
+            )
         table_ = dict(self.threshold.get("thresholds") or {})
         table_.setdefault(self.threshold["score"], self.threshold["threshold"])
         rows = []
@@ -227,31 +255,41 @@ class HtmlReport:
             rows.append([name + mark, f"{t:.6g}", sens, spec])
         rule = html.escape(self.threshold.get("rule", "abnormal when score > threshold"))
         spec = self.threshold.get("specificity")
-        note = (f"<p>Thresholds chosen on {self.threshold.get('n_validation', '?')} validation normals at specificity "
-                f"{spec} (never on the test set); {rule}. Sensitivity and specificity below are on the test set.</p>")
+        note = (
+            f"<p>Thresholds chosen on {self.threshold.get('n_validation', '?')} validation normals at specificity "
+            f"{spec} (never on the test set); {rule}. Sensitivity and specificity below are on the test set.</p>"
+        )
         return section("Operating point", note + table(["score", "threshold", "sensitivity", "specificity"], rows))
 
     def _histogram_section(self) -> str:
         path = self.output_dir / "histograms.png"
         if not path.is_file():
             return ""
-        return figure_section("Score histograms", [("normal vs abnormal test scores, with the chi-squared distance",
-                                                    path.read_bytes())])
+        return figure_section(
+            "Score histograms", [("normal vs abnormal test scores, with the chi-squared distance", path.read_bytes())]
+        )
 
     def _gallery_section(self) -> str:
-        parts = [f"<p>Score: <b>{html.escape(self.gallery_score)}</b>; each tile is the preprocessed test image with "
-                 "the score's map overlaid, more opaque where higher (one scale for all tiles: the 1st to the "
-                 "99.5th percentile of their map values).</p>"]
+        parts = [
+            f"<p>Score: <b>{html.escape(self.gallery_score)}</b>; each tile is the preprocessed test image with "
+            "the score's map overlaid, more opaque where higher (one scale for all tiles: the 1st to the "
+            "99.5th percentile of their map values).</p>"
+        ]
         picked = {name: [e[2] for e in sorted(self.heaps[name], reverse=True)] for name, _ in GALLERIES}
         tiles = [t[4] for items in picked.values() for t in items]
         if not tiles:
-            return section("Galleries", f"<p>The model gives no map for {html.escape(self.gallery_score)}: no gallery.</p>")
+            return section(
+                "Galleries", f"<p>The model gives no map for {html.escape(self.gallery_score)}: no gallery.</p>"
+            )
         low, high = np.percentile(np.stack(tiles), [1, 99.5])
         for name, caption in GALLERIES:
             if picked[name]:
                 files = ", ".join(f"{Path(t[0]).name} ({t[2]:.4g})" for t in picked[name])
-                parts.append(f"<h3>{html.escape(caption)}</h3>" + image_tag(gallery_png(picked[name], low, high), caption)
-                             + f"<p class='files' id='{name}'>{html.escape(files)}</p>")
+                parts.append(
+                    f"<h3>{html.escape(caption)}</h3>"
+                    + image_tag(gallery_png(picked[name], low, high), caption)
+                    + f"<p class='files' id='{name}'>{html.escape(files)}</p>"
+                )
         return section("Galleries", "".join(parts))
 
     def _baseline_section(self, labels: np.ndarray) -> str:
@@ -261,10 +299,14 @@ class HtmlReport:
                 continue
             m = summarize_scores(np.asarray(values), labels, n_boot=self.n_boot, seed=self.seed)
             rows.append([name, m["auc"], fmt_interval(m["auc_ci95"]), max(m["auc"], 1 - m["auc"]), m["ap"]])
-        note = ("<p>Trivial scores on the same preprocessed test images. AUC far from 0.5 in either direction "
-                "(column 'either way') means the classes differ in a way no anomaly model is needed for: compare "
-                "the scores above with these before trusting them.</p>")
-        return section("Trivial baselines", note + table(["baseline", "AUC", "AUC 95% CI", "AUC either way", "AP"], rows))
+        note = (
+            "<p>Trivial scores on the same preprocessed test images. AUC far from 0.5 in either direction "
+            "(column 'either way') means the classes differ in a way no anomaly model is needed for: compare "
+            "the scores above with these before trusting them.</p>"
+        )
+        return section(
+            "Trivial baselines", note + table(["baseline", "AUC", "AUC 95% CI", "AUC either way", "AP"], rows)
+        )
 
 
 # ---------------------------------------------------------------------- figures
@@ -331,8 +373,10 @@ figure{display:inline-block;vertical-align:top;margin:8px}.warn{color:#a40000;fo
 
 
 def page(title: str, sections: list[str]) -> str:
-    return (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>\n")
+    return (
+        f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>{''.join(sections)}</body></html>\n"
+    )
 
 
 def section(title: str, body: str) -> str:
@@ -344,8 +388,13 @@ def image_tag(png: bytes, alt: str) -> str:
 
 
 def figure_section(title: str, figures: list[tuple[str, bytes]]) -> str:
-    return section(title, "".join(f"<figure>{image_tag(png, caption)}<figcaption>{html.escape(caption)}"
-                                  "</figcaption></figure>" for caption, png in figures))
+    return section(
+        title,
+        "".join(
+            f"<figure>{image_tag(png, caption)}<figcaption>{html.escape(caption)}</figcaption></figure>"
+            for caption, png in figures
+        ),
+    )
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -380,9 +429,15 @@ def is_score_entry(value) -> bool:
     return isinstance(value, dict) and "auc" in value
 
 
-COLUMN_LABELS = {"auc": "AUC", "auc_ci95": "AUC 95% CI", "ap": "AP", "f1_max": "F1 max",
-                 "sens_at_spec95": "sensitivity at 95% specificity (test)", "chi2": "χ² histograms",
-                 "pixel_auroc": "pixel AUROC"}
+COLUMN_LABELS = {
+    "auc": "AUC",
+    "auc_ci95": "AUC 95% CI",
+    "ap": "AP",
+    "f1_max": "F1 max",
+    "sens_at_spec95": "sensitivity at 95% specificity (test)",
+    "chi2": "χ² histograms",
+    "pixel_auroc": "pixel AUROC",
+}
 
 
 def _value_cell(key: str, value):
@@ -392,8 +447,11 @@ def _value_cell(key: str, value):
 
 
 def _score_table(entries: dict, columns: list[str]) -> str:
-    rows = [[name] + [_value_cell(c, m[c]) if c in m else "" for c in columns] for name, m in entries.items()
-            if any(c in m for c in columns)]
+    rows = [
+        [name] + [_value_cell(c, m[c]) if c in m else "" for c in columns]
+        for name, m in entries.items()
+        if any(c in m for c in columns)
+    ]
     return table(["score"] + [COLUMN_LABELS.get(c, c) for c in columns], rows)
 
 
@@ -421,5 +479,6 @@ def diagnostics_section(metrics: dict) -> str:
     other = {k: v for k, v in metrics.items() if not is_score_entry(v)}
     if not other:
         return ""
-    return section("Other entries of metrics.json",
-                   f"<pre>{html.escape(json.dumps(other, indent=1, default=str))}</pre>")
+    return section(
+        "Other entries of metrics.json", f"<pre>{html.escape(json.dumps(other, indent=1, default=str))}</pre>"
+    )

@@ -51,16 +51,20 @@ def stage2_notes(metrics: dict) -> list[str]:
     lines = []
     response = {n: m["patch_response"] for n, m in metrics.items() if "patch_response" in m}
     if response:
-        lines.append("stage 2 patch response (altered above clean twin, training synthesis, training normals): "
-                     + ", ".join(f"{n} {r['paired_share']:.2f}" for n, r in response.items()))
+        lines.append(
+            "stage 2 patch response (altered above clean twin, training synthesis, training normals): "
+            + ", ".join(f"{n} {r['paired_share']:.2f}" for n, r in response.items())
+        )
     for name, m in metrics.items():
         if "selection_val_auc" not in m:
             continue
         low, high = m.get("selection_val_auc_ci95", [float("nan")] * 2)
         verdict = "reliable" if m.get("selection_reliable") else "NOT reliable: no learned signal, not deployed by auto"
-        lines.append(f"{name}: held-out AUC {m['selection_val_auc']:.3f} [{low:.3f}, {high:.3f}], chance p "
-                     f"{m.get('selection_chance_probability', float('nan')):.2g}, final loss "
-                     f"{m.get('selection_loss_ratio', float('nan')):.2f} x constant prediction: {verdict}")
+        lines.append(
+            f"{name}: held-out AUC {m['selection_val_auc']:.3f} [{low:.3f}, {high:.3f}], chance p "
+            f"{m.get('selection_chance_probability', float('nan')):.2g}, final loss "
+            f"{m.get('selection_loss_ratio', float('nan')):.2f} x constant prediction: {verdict}"
+        )
     return lines
 
 
@@ -78,8 +82,17 @@ class ScoreReport:
             SALAD's evaluation gives its own (``A_knn``, ``A_mse``).
     """
 
-    def __init__(self, output_dir, n_boot: int = 1000, seed: int = 0, print_table: bool = True,
-                 panel_images: int = 6, figures: bool = True, selection_file=None, score_names=None):
+    def __init__(
+        self,
+        output_dir,
+        n_boot: int = 1000,
+        seed: int = 0,
+        print_table: bool = True,
+        panel_images: int = 6,
+        figures: bool = True,
+        selection_file=None,
+        score_names=None,
+    ):
         self.output_dir = Path(output_dir)
         self.score_names = list(score_names) if score_names else list(ALL_SCORES)
         self.selection_file = Path(selection_file) if selection_file else None
@@ -125,11 +138,13 @@ class ScoreReport:
         for i, label in enumerate(labels):
             if sum(s["label"] == label for s in self.samples) >= per_class:
                 continue
-            self.samples.append({
-                "label": int(label),
-                "image": output["image"][i].float().mean(0).cpu().numpy() if "image" in output else None,
-                "maps": {k: v[i, 0].detach().float().cpu().numpy() for k, v in output["maps"].items()},
-            })
+            self.samples.append(
+                {
+                    "label": int(label),
+                    "image": output["image"][i].float().mean(0).cpu().numpy() if "image" in output else None,
+                    "maps": {k: v[i, 0].detach().float().cpu().numpy() for k, v in output["maps"].items()},
+                }
+            )
 
     def summarize(self, engine: Engine) -> dict:
         labels = np.array([r["label"] for r in self.rows])
@@ -164,11 +179,17 @@ class ScoreReport:
                 continue
             metrics[score]["selection_val_auc"] = float(entry["val_auc"])
             metrics[score]["selection_reliable"] = bool(entry.get("reliable", False))
-            for key in ("val_auc_ci95", "chance_probability", "loss_ratio", "paired_share", "pixel_auroc",
-                        "rank_correlation_with_inputs"):
+            for key in (
+                "val_auc_ci95",
+                "chance_probability",
+                "loss_ratio",
+                "paired_share",
+                "pixel_auroc",
+                "rank_correlation_with_inputs",
+            ):
                 if key in entry:
                     metrics[score][f"selection_{key}"] = entry[key]
-        training = (record.get("diagnostics", {}).get("patch_response", {}).get("training") or {})
+        training = record.get("diagnostics", {}).get("patch_response", {}).get("training") or {}
         for name, response in (training.get("training_normals") or {}).items():
             if name in metrics:
                 metrics[name]["patch_response"] = dict(response, families=training.get("families"))

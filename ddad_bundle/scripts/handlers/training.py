@@ -41,9 +41,11 @@ def module_handlers(module: str, log_dir, ckpt_dir, save_every: int = 1, resume:
     def loss(output):
         return output[tag]
 
-    return [StatsHandler(tag_name=tag, output_transform=loss, iteration_log=False),
-            TensorBoardStatsHandler(log_dir=str(log_dir), tag_name=tag, output_transform=loss),
-            MemberCheckpoints(ckpt_dir, module, save_every=save_every, resume=resume)]
+    return [
+        StatsHandler(tag_name=tag, output_transform=loss, iteration_log=False),
+        TensorBoardStatsHandler(log_dir=str(log_dir), tag_name=tag, output_transform=loss),
+        MemberCheckpoints(ckpt_dir, module, save_every=save_every, resume=resume),
+    ]
 
 
 class MemberCheckpoints:
@@ -87,8 +89,10 @@ class MemberCheckpoints:
         if not self.positions:
             raise ValueError(f"{self.module}: the trainer holds no {self.module} members to checkpoint")
         if self.member_ids is not None and len(self.member_ids) != len(self.positions):
-            raise ValueError(f"{self.module}: member_ids {self.member_ids} do not match the trainer's "
-                             f"{len(self.positions)} {self.module} members")
+            raise ValueError(
+                f"{self.module}: member_ids {self.member_ids} do not match the trainer's "
+                f"{len(self.positions)} {self.module} members"
+            )
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         # Ignite's DiskSaver writes on one rank only (rank 0 by default); this handler writes on the
         # process it is attached to, which under torchrun owns these members' files.

@@ -41,8 +41,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..scoring.losses import (HeteroscedasticObjective, MemAEObjective, MSEObjective, attention_entropies,
-                              heteroscedastic_terms)
+from ..scoring.losses import (
+    HeteroscedasticObjective,
+    MemAEObjective,
+    MSEObjective,
+    attention_entropies,
+    heteroscedastic_terms,
+)
 from .backbones import AE, MemAE
 
 
@@ -73,8 +78,15 @@ def _grouped_conv(convs: Sequence[nn.Module]) -> nn.Module:
     first = convs[0]
     groups = len(convs)
     kind = nn.ConvTranspose2d if isinstance(first, nn.ConvTranspose2d) else nn.Conv2d
-    fused = kind(first.in_channels * groups, first.out_channels * groups, first.kernel_size, first.stride,
-                 first.padding, groups=groups, bias=first.bias is not None)
+    fused = kind(
+        first.in_channels * groups,
+        first.out_channels * groups,
+        first.kernel_size,
+        first.stride,
+        first.padding,
+        groups=groups,
+        bias=first.bias is not None,
+    )
     with torch.no_grad():
         fused.weight.copy_(torch.cat([c.weight for c in convs]))
         if first.bias is not None:
@@ -86,7 +98,12 @@ def _grouped_batchnorm(norms: Sequence[nn.Module]) -> nn.Module:
     first = norms[0]
     kind = type(first)
     fused = kind(first.num_features * len(norms), eps=first.eps, momentum=first.momentum)
-    fused.load_state_dict(join_state_dicts([n.state_dict() for n in norms], {k: "shared" if k.endswith("num_batches_tracked") else "cat" for k in first.state_dict()}))
+    fused.load_state_dict(
+        join_state_dicts(
+            [n.state_dict() for n in norms],
+            {k: "shared" if k.endswith("num_batches_tracked") else "cat" for k in first.state_dict()},
+        )
+    )
     return fused
 
 
@@ -159,7 +176,9 @@ class FusedAE(nn.Module):
             return x
         if x.shape[1] == self.in_channels:
             return x.repeat(1, self.num_members, 1, 1)  # one batch for every member (inference)
-        raise ValueError(f"expected {self.in_channels} or {self.in_channels * self.num_members} channels, got {x.shape[1]}")
+        raise ValueError(
+            f"expected {self.in_channels} or {self.in_channels * self.num_members} channels, got {x.shape[1]}"
+        )
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latent codes (K, B, L) of a grouped (B, K*C, H, W) or shared (B, C, H, W) batch."""
@@ -191,7 +210,9 @@ class FusedAE(nn.Module):
     def member_outputs(self, x: torch.Tensor) -> torch.Tensor:
         """Every member's output (K, B, C', H, W) for one shared batch (B, C, H, W)."""
         out = self.forward(x)
-        return out.reshape(out.shape[0], self.num_members, self.out_channels, out.shape[2], out.shape[3]).transpose(0, 1)
+        return out.reshape(out.shape[0], self.num_members, self.out_channels, out.shape[2], out.shape[3]).transpose(
+            0, 1
+        )
 
 
 # ---- member <-> fused state conversion -------------------------------------------------------
@@ -204,8 +225,12 @@ def state_layouts(fused: FusedAE) -> Dict[str, str]:
     dim 0 (GroupedLinear, memory); 'shared': one value for all (BatchNorm's batch counter).
     """
     layouts = {}
-    stacked = {f"{name}.{p}" if name else p for name, mod in fused.named_modules() if isinstance(mod, GroupedLinear)
-               for p in ("weight", "bias")}
+    stacked = {
+        f"{name}.{p}" if name else p
+        for name, mod in fused.named_modules()
+        if isinstance(mod, GroupedLinear)
+        for p in ("weight", "bias")
+    }
     for key in fused.state_dict():
         if key.endswith("num_batches_tracked"):
             layouts[key] = "shared"
@@ -282,7 +307,9 @@ def split_optimizer_state(state: dict, fused: FusedAE, member: nn.Module) -> Lis
         for name, value in entries.items():
             parts = _split(value, layouts[index], k) if torch.is_tensor(value) and value.dim() > 0 else [value] * k
             for m in range(k):
-                members[m]["state"].setdefault(index, {})[name] = parts[m].clone() if torch.is_tensor(parts[m]) else parts[m]
+                members[m]["state"].setdefault(index, {})[name] = (
+                    parts[m].clone() if torch.is_tensor(parts[m]) else parts[m]
+                )
     return members
 
 
@@ -349,7 +376,6 @@ def grouped_batch(images: torch.Tensor) -> torch.Tensor:
     """Per-member batches (K, B, C, H, W) as one grouped batch (B, K*C, H, W)."""
     k, b, c, h, w = images.shape
     return images.transpose(0, 1).reshape(b, k * c, h, w)
-
 
 
 class LoopedMembers(nn.Module):

@@ -55,8 +55,14 @@ class SALADNet(nn.Module):
         negative_slope: of the LeakyReLUs.
     """
 
-    def __init__(self, in_channels: int = 1, image_size: int = 64, embedding_size: int = 200,
-                 channels: Sequence[int] = (16, 32, 64, 128, 128, 128), negative_slope: float = 0.2):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 64,
+        embedding_size: int = 200,
+        channels: Sequence[int] = (16, 32, 64, 128, 128, 128),
+        negative_slope: float = 0.2,
+    ):
         super().__init__()
         channels = [int(c) for c in channels]
         if len(channels) != NUM_LAYERS:
@@ -70,8 +76,11 @@ class SALADNet(nn.Module):
         widths = [int(in_channels)] + channels
         down = []
         for i in range(NUM_LAYERS):
-            conv = (nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1, bias=False) if i < halving else
-                    nn.Conv2d(widths[i], widths[i + 1], 3, 1, 1, bias=False))
+            conv = (
+                nn.Conv2d(widths[i], widths[i + 1], 4, 2, 1, bias=False)
+                if i < halving
+                else nn.Conv2d(widths[i], widths[i + 1], 3, 1, 1, bias=False)
+            )
             down.append(_block(conv, widths[i + 1], negative_slope))
         self.encoder = nn.Sequential(*down)
         flat = channels[-1] * self.bottom * self.bottom
@@ -82,8 +91,11 @@ class SALADNet(nn.Module):
         for j in range(NUM_LAYERS):
             i = NUM_LAYERS - 1 - j
             out = widths[i] if j < NUM_LAYERS - 1 else int(in_channels)
-            layer = (nn.ConvTranspose2d(widths[i + 1], out, 4, 2, 1, bias=False) if i < halving else
-                     nn.Conv2d(widths[i + 1], out, 3, 1, 1, bias=False))
+            layer = (
+                nn.ConvTranspose2d(widths[i + 1], out, 4, 2, 1, bias=False)
+                if i < halving
+                else nn.Conv2d(widths[i + 1], out, 3, 1, 1, bias=False)
+            )
             up.append(_block(layer, out, negative_slope) if j < NUM_LAYERS - 1 else layer)
         self.decoder = nn.Sequential(*up)
 

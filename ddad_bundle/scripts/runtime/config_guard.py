@@ -154,14 +154,22 @@ def package_versions() -> dict:
 def record_run(output_dir, seed: int, workflow: str = "") -> Path:
     """Check the overrides, then write ``run_record.json`` in ``output_dir``; returns its path."""
     invocation = current_invocation()
-    record = {"workflow": workflow, "seed": int(seed), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "command": shlex.join(sys.argv), "versions": package_versions()}
+    record = {
+        "workflow": workflow,
+        "seed": int(seed),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": shlex.join(sys.argv),
+        "versions": package_versions(),
+    }
     if invocation and invocation["config_files"]:
         merged = ConfigParser.load_config_files(invocation["config_files"])
         check_overrides(invocation["config_files"], invocation["overrides"], merged)
         parser = ConfigParser(merged)
         parser.update(invocation["overrides"])
-        record.update(config_files=[str(Path(f).resolve()) for f in invocation["config_files"]],
-                      overrides=invocation["overrides"], config=parser.get())
+        record.update(
+            config_files=[str(Path(f).resolve()) for f in invocation["config_files"]],
+            overrides=invocation["overrides"],
+            config=parser.get(),
+        )
     path = Path(output_dir) / f"run_record{'_' + workflow if workflow else ''}.json"
     return write_json_atomic(record, path, default=str)

@@ -27,8 +27,17 @@ from monai.bundle import ConfigParser
 
 EXPRESSION_PREFIXES = ("$", "@", "%")
 MAX_COMPUTED_LENGTH = 120  # longer expressions are internal wiring, not something a user sets
-STEP_KEYS = {"imports", "initialize", "finalize", "run", "training", "training_asr", "evaluating", "inferring",
-             "exporting"}  # workflow steps: lists of expressions, not settings
+STEP_KEYS = {
+    "imports",
+    "initialize",
+    "finalize",
+    "run",
+    "training",
+    "training_asr",
+    "evaluating",
+    "inferring",
+    "exporting",
+}  # workflow steps: lists of expressions, not settings
 
 
 def is_literal(value) -> bool:

@@ -46,8 +46,9 @@ def write_json_atomic(obj, path, indent: int = 2, default=None) -> Path:
     return write_text_atomic(path, json.dumps(obj, indent=indent, default=default) + "\n")
 
 
-def write_csv_atomic(rows: Sequence[dict], path, fields: Sequence[str] | None = None,
-                     extrasaction: str = "raise") -> Path:
+def write_csv_atomic(
+    rows: Sequence[dict], path, fields: Sequence[str] | None = None, extrasaction: str = "raise"
+) -> Path:
     """Rows as CSV; the columns are ``fields`` or the first row's keys."""
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=list(fields or rows[0].keys()), extrasaction=extrasaction)

@@ -85,5 +85,6 @@ def run_workflows(workflows: list[str], overrides: dict, extra_configs=None, met
     config_guard.check_overrides(union, overrides)
     for workflow in workflows:
         known = config_guard.known_keys(files[workflow])
-        run_workflow(workflow, {k: v for k, v in overrides.items() if k.replace("::", "#") in known}, extra_configs,
-                     method)
+        run_workflow(
+            workflow, {k: v for k, v in overrides.items() if k.replace("::", "#") in known}, extra_configs, method
+        )

@@ -59,8 +59,10 @@ def check_families(names, key: str = "synthesis") -> list[str]:
         raise ValueError(f"config key '{key}' must name at least one synthesis family ({', '.join(FAMILIES)})")
     unknown = [n for n in names if n not in FAMILIES]
     if unknown:
-        raise ValueError(f"config key '{key}': unknown synthesis famil{'y' if len(unknown) == 1 else 'ies'} "
-                         f"{', '.join(map(repr, unknown))}; choose among {', '.join(FAMILIES)}")
+        raise ValueError(
+            f"config key '{key}': unknown synthesis famil{'y' if len(unknown) == 1 else 'ies'} "
+            f"{', '.join(map(repr, unknown))}; choose among {', '.join(FAMILIES)}"
+        )
     return names
 
 
@@ -179,7 +181,7 @@ def poisson_fill(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
     """
     diff = (source - target).double()
     inner = diff[:, 1:-1, 1:-1]
-    lap = (diff[:, :-2, 1:-1] + diff[:, 2:, 1:-1] + diff[:, 1:-1, :-2] + diff[:, 1:-1, 2:] - 4 * inner)
+    lap = diff[:, :-2, 1:-1] + diff[:, 2:, 1:-1] + diff[:, 1:-1, :-2] + diff[:, 1:-1, 2:] - 4 * inner
     h, w = inner.shape[1:]
     sh, sw = _sine_basis(h), _sine_basis(w)
     eig_h = 2 * torch.cos(math.pi * torch.arange(1, h + 1, dtype=torch.float64) / (h + 1)) - 2
@@ -228,8 +230,14 @@ class SameLocationPatch(RandomizableTransform):
         return self.patch(img, donor)
 
 
-_CLASSES = {"fpi": SameLocationPatch, "fpi_shift": ShiftedPatch, "intensity": LocalIntensity, "blob": TexturedBlob,
-            "poisson": PoissonPatch, "fpi_unlabeled": SameLocationPatch}
+_CLASSES = {
+    "fpi": SameLocationPatch,
+    "fpi_shift": ShiftedPatch,
+    "intensity": LocalIntensity,
+    "blob": TexturedBlob,
+    "poisson": PoissonPatch,
+    "fpi_unlabeled": SameLocationPatch,
+}
 
 
 def make_family(name: str) -> RandomizableTransform:
@@ -248,13 +256,20 @@ class FamilySynthesizer:
     None where nothing was applied)``: the same seed gives the same batch.
     """
 
-    def __init__(self, families: Sequence[str], unlabeled: Optional[torch.Tensor] = None, prob: float = 0.5,
-                 key: str = "synthesis"):
+    def __init__(
+        self,
+        families: Sequence[str],
+        unlabeled: Optional[torch.Tensor] = None,
+        prob: float = 0.5,
+        key: str = "synthesis",
+    ):
         self.families = check_families(families, key)
         needs_pool = [f for f in self.families if f in UNLABELED_DONOR]
         if needs_pool and (unlabeled is None or len(unlabeled) == 0):
-            raise ValueError(f"config key '{key}': {', '.join(needs_pool)} takes its donors from the unlabeled "
-                             "images D_u, and this run has none")
+            raise ValueError(
+                f"config key '{key}': {', '.join(needs_pool)} takes its donors from the unlabeled "
+                "images D_u, and this run has none"
+            )
         if not 0.0 <= float(prob) <= 1.0:
             raise ValueError(f"synthesis probability must be in [0, 1], got {prob}")
         self.unlabeled = unlabeled

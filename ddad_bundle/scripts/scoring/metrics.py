@@ -54,8 +54,7 @@ def _finite_1d(values, name: str) -> np.ndarray:
         raise ValueError(f"{name} is empty.")
     n_nan, n_inf = int(np.isnan(arr).sum()), int(np.isinf(arr).sum())
     if n_nan or n_inf:
-        raise ValueError(f"{name} must be finite: {n_nan} NaN and {n_inf} infinite value(s) "
-                         f"out of {arr.size}.")
+        raise ValueError(f"{name} must be finite: {n_nan} NaN and {n_inf} infinite value(s) out of {arr.size}.")
     return arr
 
 
@@ -64,18 +63,22 @@ def _scores_labels(scores, labels) -> tuple[np.ndarray, np.ndarray]:
     labels_arr = np.asarray(labels)
     scores_arr = np.asarray(scores)
     if scores_arr.shape != labels_arr.shape or scores_arr.ndim != 1:
-        raise ValueError(f"scores and labels must be 1-D of the same length, got shapes "
-                         f"{scores_arr.shape} and {labels_arr.shape}.")
+        raise ValueError(
+            f"scores and labels must be 1-D of the same length, got shapes {scores_arr.shape} and {labels_arr.shape}."
+        )
     scores_arr = _finite_1d(scores_arr, "scores")
     if not np.isin(labels_arr, (0, 1)).all():
-        raise ValueError(f"labels must be 0 (normal) or 1 (abnormal), got values "
-                         f"{np.unique(labels_arr)[:10].tolist()}.")
+        raise ValueError(
+            f"labels must be 0 (normal) or 1 (abnormal), got values {np.unique(labels_arr)[:10].tolist()}."
+        )
     labels_arr = labels_arr.astype(np.int64)
     n_pos = int(labels_arr.sum())
     if n_pos in (0, labels_arr.size):
         only = "abnormal (1)" if n_pos else "normal (0)"
-        raise ValueError(f"labels hold only one class ({labels_arr.size} x {only}); AUC, AP and "
-                         f"the other summaries need both normal and abnormal images.")
+        raise ValueError(
+            f"labels hold only one class ({labels_arr.size} x {only}); AUC, AP and "
+            f"the other summaries need both normal and abnormal images."
+        )
     return scores_arr, labels_arr
 
 

@@ -43,9 +43,15 @@ class DDADPipeline(nn.Module):
             on CPU for the fused members and the 128-channel ASR-Net, docs/performance.md).
     """
 
-    def __init__(self, ndm_members: Sequence[nn.Module], udm_members: Sequence[nn.Module] = (),
-                 refiners: Optional[dict] = None, map_scale: Optional[dict] = None, heteroscedastic: bool = False,
-                 channels_last: bool = True):
+    def __init__(
+        self,
+        ndm_members: Sequence[nn.Module],
+        udm_members: Sequence[nn.Module] = (),
+        refiners: Optional[dict] = None,
+        map_scale: Optional[dict] = None,
+        heteroscedastic: bool = False,
+        channels_last: bool = True,
+    ):
         super().__init__()
         refiners = dict(refiners or {})
         if refiners and not map_scale:
@@ -91,7 +97,9 @@ class DDADPipeline(nn.Module):
         maps = discrepancy_maps(x, ndm, udm, self.heteroscedastic)
         for name in ("intra", "dual"):
             if name in self.refiners:
-                logits = self.refiners[name](refiner_input(maps, name, self.map_scale).contiguous(memory_format=self.memory_format))
+                logits = self.refiners[name](
+                    refiner_input(maps, name, self.map_scale).contiguous(memory_format=self.memory_format)
+                )
                 maps[REFINER_SCORES[name]] = torch.softmax(logits, dim=1)[:, 1:2]
         return maps
 
@@ -116,8 +124,10 @@ class DeployedPipeline(nn.Module):
         super().__init__()
         self.score_name: str = score_name or pipeline.primary_score
         if self.score_name not in pipeline.score_names:
-            raise ValueError(f"deploy_score {self.score_name!r} is not a score of this model "
-                             f"(it has {', '.join(pipeline.score_names)})")
+            raise ValueError(
+                f"deploy_score {self.score_name!r} is not a score of this model "
+                f"(it has {', '.join(pipeline.score_names)})"
+            )
         self.members = pipeline.members
         self.num_ndm: int = pipeline.num_ndm
         self.has_udm: bool = pipeline.num_udm > 0

@@ -54,8 +54,9 @@ def chance_probability(auc: float, n_positive: int, n_negative: int, n_tries: in
     return float(1.0 - (1.0 - single) ** max(int(n_tries), 1))
 
 
-def bootstrap_auc_interval(labels: np.ndarray, scores: np.ndarray, n_boot: int = 500, seed: int = 0,
-                           level: float = 0.95) -> list[float]:
+def bootstrap_auc_interval(
+    labels: np.ndarray, scores: np.ndarray, n_boot: int = 500, seed: int = 0, level: float = 0.95
+) -> list[float]:
     """Stratified bootstrap interval of the AUC (resampling positives and negatives separately)."""
     labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     pos, neg = scores[labels == 1], scores[labels == 0]
@@ -69,9 +70,14 @@ def bootstrap_auc_interval(labels: np.ndarray, scores: np.ndarray, n_boot: int =
 
 
 @torch.no_grad()
-def patch_response(extract: Callable[[torch.Tensor], Dict[str, torch.Tensor]], clean: torch.Tensor,
-                   altered: torch.Tensor, labels: torch.Tensor, maps: Sequence[str] = RESPONSE_MAPS,
-                   batch_size: int = 64) -> Dict[str, dict]:
+def patch_response(
+    extract: Callable[[torch.Tensor], Dict[str, torch.Tensor]],
+    clean: torch.Tensor,
+    altered: torch.Tensor,
+    labels: torch.Tensor,
+    maps: Sequence[str] = RESPONSE_MAPS,
+    batch_size: int = 64,
+) -> Dict[str, dict]:
     """How each stage-1 map reacts to the synthetic regions of ``altered`` (copies of ``clean``).
 
     Args:
@@ -105,7 +111,9 @@ def patch_response(extract: Callable[[torch.Tensor], Dict[str, torch.Tensor]], c
         values = np.concatenate([p[0] for p in acc["pix"]])
         truth = np.concatenate([p[1] for p in acc["pix"]])
         result[name] = {
-            "inside": inside, "clean_same_pixels": before, "ratio": inside / before if before > 0 else float("inf"),
+            "inside": inside,
+            "clean_same_pixels": before,
+            "ratio": inside / before if before > 0 else float("inf"),
             "paired_share": paired_share(torch.cat(acc["img_clean"]).numpy(), torch.cat(acc["img_alt"]).numpy()),
             "pixel_auroc": float(roc_auc_score(truth, values)) if 0 < truth.sum() < truth.size else float("nan"),
         }

@@ -52,8 +52,9 @@ def _check_tau(tau: float) -> float:
     return float(tau)
 
 
-def probabilities(anchors: torch.Tensor, candidates: torch.Tensor, tau: float,
-                  exclude: torch.Tensor | None = None) -> torch.Tensor:
+def probabilities(
+    anchors: torch.Tensor, candidates: torch.Tensor, tau: float, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
     """p (B, M): softmax over the M candidates of c_j . z_i / tau; ``exclude`` (B, M) bool masks
     candidates out (an anchor's own column when the batch is among the candidates)."""
     logits = anchors @ candidates.t() / _check_tau(tau)
@@ -62,12 +63,19 @@ def probabilities(anchors: torch.Tensor, candidates: torch.Tensor, tau: float,
     return logits.softmax(dim=1)
 
 
-def neighbourhood_nll(anchors: torch.Tensor, candidates: torch.Tensor, positives: torch.Tensor, tau: float,
-                      exclude: torch.Tensor | None = None) -> torch.Tensor:
+def neighbourhood_nll(
+    anchors: torch.Tensor,
+    candidates: torch.Tensor,
+    positives: torch.Tensor,
+    tau: float,
+    exclude: torch.Tensor | None = None,
+) -> torch.Tensor:
     """-mean_i log sum_{j: positives[i, j]} p_ij; ``positives`` (B, M) bool, at least one per row."""
     if positives.shape != (anchors.shape[0], candidates.shape[0]):
-        raise ValueError(f"positives must be (anchors, candidates) = {(anchors.shape[0], candidates.shape[0])}, "
-                         f"got {tuple(positives.shape)}")
+        raise ValueError(
+            f"positives must be (anchors, candidates) = {(anchors.shape[0], candidates.shape[0])}, "
+            f"got {tuple(positives.shape)}"
+        )
     if not bool(positives.any(dim=1).all()):
         raise ValueError("every anchor needs at least one positive candidate")
     logits = anchors @ candidates.t() / _check_tau(tau)
@@ -82,8 +90,10 @@ def neighbourhood_nll(anchors: torch.Tensor, candidates: torch.Tensor, positives
 def nearest_entries(z: torch.Tensor, entries: torch.Tensor, k: int) -> torch.Tensor:
     """(B, k) indices of the k entries with the highest cosine similarity to each z (z and entries unit)."""
     if not 1 <= k <= entries.shape[0]:
-        raise ValueError(f"k = {k} neighbours asked of a memory bank of {entries.shape[0]} entries "
-                         f"(config key 'salad_neighbours' / 'salad_k'): choose 1 <= k <= {entries.shape[0]}")
+        raise ValueError(
+            f"k = {k} neighbours asked of a memory bank of {entries.shape[0]} entries "
+            f"(config key 'salad_neighbours' / 'salad_k'): choose 1 <= k <= {entries.shape[0]}"
+        )
     return (z @ entries.t()).topk(k, dim=1).indices
 
 
@@ -98,7 +108,9 @@ def prototypical(z: torch.Tensor, entries: torch.Tensor, k: int, fraction: float
     highest mean cosine similarity to their k nearest bank entries (the bundle's reading of the paper's
     prototypical samples, docs/salad.md)."""
     if not 0 < fraction <= 1:
-        raise ValueError(f"prototype fraction must lie in (0, 1], got {fraction} (config key 'salad_prototype_fractions')")
+        raise ValueError(
+            f"prototype fraction must lie in (0, 1], got {fraction} (config key 'salad_prototype_fractions')"
+        )
     similarity = (z @ entries.t()).topk(k, dim=1).values.mean(dim=1)
     count = max(1, math.ceil(fraction * z.shape[0]))
     return similarity.topk(count).indices
@@ -119,10 +131,14 @@ class MemoryBank(nn.Module):
         if num_entries < 1:
             raise ValueError(f"a memory bank needs at least one entry, got {num_entries}")
         if not 0 < momentum <= 1:
-            raise ValueError(f"memory momentum t (config key 'salad_memory_momentum') must lie in (0, 1], got {momentum}")
+            raise ValueError(
+                f"memory momentum t (config key 'salad_memory_momentum') must lie in (0, 1], got {momentum}"
+            )
         self.momentum = float(momentum)
         generator = torch.Generator().manual_seed(int(seed))
-        self.register_buffer("entries", F.normalize(torch.randn(int(num_entries), int(dim), generator=generator), dim=1))
+        self.register_buffer(
+            "entries", F.normalize(torch.randn(int(num_entries), int(dim), generator=generator), dim=1)
+        )
 
     @torch.no_grad()
     def update(self, indices: torch.Tensor, z: torch.Tensor) -> None:
@@ -145,9 +161,11 @@ class KNNScore(nn.Module):
         if entries.dim() != 2 or entries.shape[0] < 1:
             raise ValueError(f"the scoring bank must be (N, D) with N >= 1, got shape {tuple(entries.shape)}")
         if not 1 <= int(k) <= entries.shape[0]:
-            raise ValueError(f"K = {k} nearest entries asked of a scoring bank of {entries.shape[0]} entries "
-                             f"(config key 'salad_k'): choose K <= {entries.shape[0]}, or score against all "
-                             "entries ('salad_score_bank': 'all')")
+            raise ValueError(
+                f"K = {k} nearest entries asked of a scoring bank of {entries.shape[0]} entries "
+                f"(config key 'salad_k'): choose K <= {entries.shape[0]}, or score against all "
+                "entries ('salad_score_bank': 'all')"
+            )
         if mode not in SCORE_MODES:
             raise ValueError(f"salad_score_mode must be one of {SCORE_MODES}, got {mode!r}")
         self.k = int(k)

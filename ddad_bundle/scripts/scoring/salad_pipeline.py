@@ -90,8 +90,10 @@ def load_model_state(ckpt_dir) -> dict:
     """The trained model's state dict (network ``net.*`` and ``bank.entries``), with the fix when missing."""
     path = final_weights_path(ckpt_dir, "salad", 0)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: SALAD has not finished training. Run the 'training' "
-                                "workflow with configs/salad_train.json and the same output_dir first")
+        raise FileNotFoundError(
+            f"{path} does not exist: SALAD has not finished training. Run the 'training' "
+            "workflow with configs/salad_train.json and the same output_dir first"
+        )
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
@@ -100,8 +102,14 @@ def embed_all(net: nn.Module, images: torch.Tensor, batch_size: int = 64) -> tor
     return torch.cat([net.embed(images[s : s + batch_size]) for s in range(0, len(images), batch_size)])
 
 
-def scoring_entries(state: dict, net: nn.Module, n_normal: int, score_bank: str = "normal",
-                    bank_source: str = "memory", pool: torch.Tensor | None = None) -> torch.Tensor:
+def scoring_entries(
+    state: dict,
+    net: nn.Module,
+    n_normal: int,
+    score_bank: str = "normal",
+    bank_source: str = "memory",
+    pool: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The scoring bank (M, D): D_n's rows or all, from the memory or re-embedded (see the docstring)."""
     if score_bank not in SCORE_BANKS:
         raise ValueError(f"salad_score_bank must be one of {SCORE_BANKS}, got {score_bank!r}")
@@ -109,12 +117,16 @@ def scoring_entries(state: dict, net: nn.Module, n_normal: int, score_bank: str 
         raise ValueError(f"salad_bank_source must be one of {BANK_SOURCES}, got {bank_source!r}")
     entries = state["bank.entries"]
     if not 1 <= n_normal <= entries.shape[0]:
-        raise ValueError(f"the trained memory bank has {entries.shape[0]} entries but the split lists {n_normal} "
-                         "normal images: evaluate with the split the model was trained on")
+        raise ValueError(
+            f"the trained memory bank has {entries.shape[0]} entries but the split lists {n_normal} "
+            "normal images: evaluate with the split the model was trained on"
+        )
     if bank_source == "embeddings":
         if pool is None or len(pool) != entries.shape[0]:
-            raise ValueError(f"salad_bank_source 'embeddings' needs the {entries.shape[0]} training images "
-                             f"(got {None if pool is None else len(pool)})")
+            raise ValueError(
+                f"salad_bank_source 'embeddings' needs the {entries.shape[0]} training images "
+                f"(got {None if pool is None else len(pool)})"
+            )
         device = next(net.parameters()).device
         entries = embed_all(net, pool.to(device)).cpu()
     return entries[:n_normal] if score_bank == "normal" else entries
@@ -128,12 +140,14 @@ def trained_network(network_def, ckpt_dir, state: dict | None = None, device="cp
     """The trained SALAD network of a run folder's ``models/``, in eval mode."""
     state = load_model_state(ckpt_dir) if state is None else state
     net = network_def()
-    weights = {key[len("net."):]: v for key, v in state.items() if key.startswith("net.")}
+    weights = {key[len("net.") :]: v for key, v in state.items() if key.startswith("net.")}
     try:
         net.load_state_dict(weights)
     except RuntimeError as error:
-        raise RuntimeError(f"{final_weights_path(ckpt_dir, 'salad', 0)} does not fit the configured SALAD network "
-                           f"(image_size, channels, salad_channels?): {error}") from error
+        raise RuntimeError(
+            f"{final_weights_path(ckpt_dir, 'salad', 0)} does not fit the configured SALAD network "
+            f"(image_size, channels, salad_channels?): {error}"
+        ) from error
     return net.to(device).eval()
 
 
@@ -142,23 +156,37 @@ def load_pipeline(network_def, ckpt_dir, k: int = 100, mode: str = "angle", devi
     net = trained_network(network_def, ckpt_dir, device=device)
     path = scoring_bank_path(ckpt_dir)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: SALAD's 'training' workflow writes it when training ends; "
-                                "run it (a finished run resumes and only rewrites the bank and threshold)")
+        raise FileNotFoundError(
+            f"{path} does not exist: SALAD's 'training' workflow writes it when training ends; "
+            "run it (a finished run resumes and only rewrites the bank and threshold)"
+        )
     bank = torch.load(path, map_location="cpu", weights_only=True)
     return SaladPipeline(net, bank["entries"].to(device), k, mode).to(device).eval()
 
 
-def finish_training(network_def, ckpt_dir, n_normal: int, score_bank: str, bank_source: str, pool: torch.Tensor,
-                    validation_images: torch.Tensor, k: int = 100, mode: str = "angle", specificity: float = 0.95,
-                    device="cpu") -> Path:
+def finish_training(
+    network_def,
+    ckpt_dir,
+    n_normal: int,
+    score_bank: str,
+    bank_source: str,
+    pool: torch.Tensor,
+    validation_images: torch.Tensor,
+    k: int = 100,
+    mode: str = "angle",
+    specificity: float = 0.95,
+    device="cpu",
+) -> Path:
     """After training: fix the scoring bank (``salad_scoring_bank.pt``) and the threshold (``threshold.json``)."""
     state = load_model_state(ckpt_dir)
     net = trained_network(network_def, ckpt_dir, state, device)
     entries = scoring_entries(state, net, int(n_normal), score_bank, bank_source, pool)
     # plain tensor: embeddings of cached images are MetaTensors, whose metadata torch.load(weights_only) refuses
     entries = entries.detach().cpu().as_subclass(torch.Tensor).contiguous()
-    torch_save_atomic({"entries": entries, "score_bank": score_bank, "bank_source": bank_source,
-                       "n_normal": int(n_normal)}, scoring_bank_path(ckpt_dir))
+    torch_save_atomic(
+        {"entries": entries, "score_bank": score_bank, "bank_source": bank_source, "n_normal": int(n_normal)},
+        scoring_bank_path(ckpt_dir),
+    )
     pipeline = SaladPipeline(net, entries.to(device), k, mode).to(device).eval()
     return save_threshold(pipeline, validation_images, ckpt_dir, specificity, n_normal)
 
@@ -170,17 +198,28 @@ def image_scores(pipeline: SaladPipeline, images: torch.Tensor, batch_size: int 
     return {name: torch.cat([p[name] for p in parts]).cpu() for name in parts[0]}
 
 
-def save_threshold(pipeline: SaladPipeline, validation_images: torch.Tensor, ckpt_dir,
-                   specificity: float = 0.95, n_normal: int | None = None) -> Path:
+def save_threshold(
+    pipeline: SaladPipeline,
+    validation_images: torch.Tensor,
+    ckpt_dir,
+    specificity: float = 0.95,
+    n_normal: int | None = None,
+) -> Path:
     """Thresholds of every score on the validation normals; ``threshold.json`` as DDAD's (score A_knn)."""
     scores = image_scores(pipeline, validation_images)
     thresholds = {name: float(threshold_at_specificity(v.numpy(), specificity)) for name, v in scores.items()}
-    record = {"method": "salad", "score": PRIMARY_SCORE, "threshold": thresholds[PRIMARY_SCORE],
-              "thresholds": thresholds, "specificity": float(specificity),
-              "n_validation": int(len(validation_images)), "k": pipeline.knn.k,
-              "n_normal": int(n_normal if n_normal is not None else pipeline.knn.entries.shape[0]),
-              "scoring_bank_entries": int(pipeline.knn.entries.shape[0]),
-              "rule": "abnormal when score > threshold; at most (1 - specificity) of validation normals exceed it"}
+    record = {
+        "method": "salad",
+        "score": PRIMARY_SCORE,
+        "threshold": thresholds[PRIMARY_SCORE],
+        "thresholds": thresholds,
+        "specificity": float(specificity),
+        "n_validation": int(len(validation_images)),
+        "k": pipeline.knn.k,
+        "n_normal": int(n_normal if n_normal is not None else pipeline.knn.entries.shape[0]),
+        "scoring_bank_entries": int(pipeline.knn.entries.shape[0]),
+        "rule": "abnormal when score > threshold; at most (1 - specificity) of validation normals exceed it",
+    }
     path = write_json_atomic(record, Path(ckpt_dir) / "threshold.json")
     logger.info("SALAD decision threshold %.6g (A_knn, specificity %.2f) -> %s", record["threshold"], specificity, path)
     return path
@@ -189,9 +228,13 @@ def save_threshold(pipeline: SaladPipeline, validation_images: torch.Tensor, ckp
 def load_threshold(ckpt_dir) -> dict:
     path = Path(ckpt_dir) / "threshold.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: run SALAD's 'training' workflow first (it stores the threshold)")
+        raise FileNotFoundError(
+            f"{path} does not exist: run SALAD's 'training' workflow first (it stores the threshold)"
+        )
     record = json.loads(path.read_text())
     if record.get("method") != "salad":
-        raise ValueError(f"{path} is not a SALAD threshold (method {record.get('method', 'ddad')!r}): this run "
-                         "folder holds another method's model")
+        raise ValueError(
+            f"{path} is not a SALAD threshold (method {record.get('method', 'ddad')!r}): this run "
+            "folder holds another method's model"
+        )
     return record

@@ -190,25 +190,25 @@ class SyntheticPatchAnomaly(RandomizableTransform):
 
     @property
     def last_params(self) -> PatchParams:
-        return PatchParams(
-            bool(self._do_transform), self._alpha, self._cy, self._cx, self._size, self._box
-        )
+        return PatchParams(bool(self._do_transform), self._alpha, self._cy, self._cx, self._size, self._box)
 
     def __call__(
         self, img: torch.Tensor, donor: torch.Tensor, randomize: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(img, torch.Tensor) or img.ndim != 3:
-            raise ValueError(f"img must be a (C, H, W) torch tensor, got {type(img).__name__} "
-                             f"of shape {tuple(getattr(img, 'shape', ()))}.")
+            raise ValueError(
+                f"img must be a (C, H, W) torch tensor, got {type(img).__name__} "
+                f"of shape {tuple(getattr(img, 'shape', ()))}."
+            )
         if not isinstance(donor, torch.Tensor) or donor.shape != img.shape:
-            raise ValueError(f"donor must be a torch tensor of the image's shape {tuple(img.shape)}, "
-                             f"got {tuple(getattr(donor, 'shape', ()))}.")
+            raise ValueError(
+                f"donor must be a torch tensor of the image's shape {tuple(img.shape)}, "
+                f"got {tuple(getattr(donor, 'shape', ()))}."
+            )
         if randomize:
             self.randomize()
         _, height, width = img.shape
-        box = patch_box(
-            torch.tensor(self._cy), torch.tensor(self._cx), torch.tensor(self._size), height, width
-        )
+        box = patch_box(torch.tensor(self._cy), torch.tensor(self._cx), torch.tensor(self._size), height, width)
         self._box = tuple(int(v) for v in box.tolist())
         label_dtype = img.dtype if img.is_floating_point() else torch.float32
         label = torch.zeros((1, height, width), dtype=label_dtype, device=img.device)
@@ -263,8 +263,9 @@ def sample_batch_params(
     apply, alpha, cy, cx, size, donor offset.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 2:
-        raise ValueError(f"batch_size must be an integer >= 2 (each image needs another image as "
-                         f"donor), got {batch_size!r}.")
+        raise ValueError(
+            f"batch_size must be an integer >= 2 (each image needs another image as donor), got {batch_size!r}."
+        )
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator must be a torch.Generator, got {type(generator).__name__}.")
     prob = _check_prob(prob)
@@ -317,11 +318,13 @@ def synthesize_batch(
         with ``donor_index[i] != i``. Same distribution as :class:`SyntheticPatchAnomaly`.
     """
     if not isinstance(images, torch.Tensor) or images.ndim != 4:
-        raise ValueError(f"images must be a (B, C, H, W) torch tensor, got shape "
-                         f"{tuple(getattr(images, 'shape', ()))}.")
+        raise ValueError(
+            f"images must be a (B, C, H, W) torch tensor, got shape {tuple(getattr(images, 'shape', ()))}."
+        )
     if images.shape[0] < 2:
-        raise ValueError(f"images must hold at least 2 images (each needs another one as donor), "
-                         f"got a batch of {images.shape[0]}.")
+        raise ValueError(
+            f"images must hold at least 2 images (each needs another one as donor), got a batch of {images.shape[0]}."
+        )
     if not images.is_floating_point():
         raise ValueError(f"images must be a floating tensor, got dtype {images.dtype}.")
     b, _, height, width = images.shape

@@ -78,8 +78,15 @@ BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 DATASET_CONFIGS = BUNDLE_ROOT / "configs" / "datasets"
 PREPARED = ("rsna", "vindr", "brain_tumor", "lag")
 DATASETS = ("phantom", "kermany", "folder") + PREPARED
-MODALITIES = {"phantom": "cxr", "kermany": "cxr", "folder": "cxr", "rsna": "cxr", "vindr": "cxr",
-              "brain_tumor": "brain", "lag": "fundus"}
+MODALITIES = {
+    "phantom": "cxr",
+    "kermany": "cxr",
+    "folder": "cxr",
+    "rsna": "cxr",
+    "vindr": "cxr",
+    "brain_tumor": "brain",
+    "lag": "fundus",
+}
 AR_STEPS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 BACKBONES = ("ae", "memae", "aeu")
 BACKBONE_NAMES = {"ae": "AE", "memae": "MemAE", "aeu": "AE-U"}
@@ -143,8 +150,9 @@ def kermany_pools(data_dir) -> tuple[list[dict], list[dict]]:
     data_dir = Path(data_dir)
     manifest = data_dir / "manifest.csv"
     if not manifest.is_file():
-        raise ExperimentError(f"{manifest}: no such file (the Kermany data set is read from {data_dir}; "
-                              "give --data_dir)")
+        raise ExperimentError(
+            f"{manifest}: no such file (the Kermany data set is read from {data_dir}; give --data_dir)"
+        )
     normal, abnormal = [], []
     with open(manifest, newline="") as f:
         for row in csv.DictReader(f):
@@ -157,9 +165,18 @@ def phantom_pools(folder, modality: str, n_normal: int, n_abnormal: int, size: i
     """Labeled phantom pools, generated once: every image in the generator's test role, so all carry masks."""
     from ..data.phantoms import generate_phantom_dataset
 
-    split_file = generate_phantom_dataset(folder, modality=modality, n_normal=1, n_validation=0, n_unlabeled=0,
-                                          anomaly_rate=0.0, n_test_normal=n_normal, n_test_abnormal=n_abnormal,
-                                          size=size, seed=seed)
+    split_file = generate_phantom_dataset(
+        folder,
+        modality=modality,
+        n_normal=1,
+        n_validation=0,
+        n_unlabeled=0,
+        anomaly_rate=0.0,
+        n_test_normal=n_normal,
+        n_test_abnormal=n_abnormal,
+        size=size,
+        seed=seed,
+    )
     root = Path(split_file).parent
     test = _load_json(Path(split_file))["test"]  # the generator's one 'normal' image is not used
 
@@ -172,8 +189,11 @@ def phantom_pools(folder, modality: str, n_normal: int, n_abnormal: int, size: i
 def _images(folder: Path) -> list[dict]:
     if not folder.is_dir():
         return []
-    return [{"image": str(p)} for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.name.lower().endswith(tuple(SUPPORTED_EXTENSIONS))]
+    return [
+        {"image": str(p)}
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name.lower().endswith(tuple(SUPPORTED_EXTENSIONS))
+    ]
 
 
 def folder_pools(root) -> tuple[list[dict], list[dict], dict]:
@@ -184,12 +204,18 @@ def folder_pools(root) -> tuple[list[dict], list[dict], dict]:
     train_normal, test_normal = _images(root / "normal"), _images(root / "test" / "normal")
     abnormal = _images(root / "abnormal") + _images(root / "test" / "abnormal")
     if not (train_normal + test_normal) or not abnormal:
-        raise ExperimentError(f"{root}: experiments need labeled images: normal/ (and test/normal/) and "
-                              "abnormal/ or test/abnormal/; found "
-                              f"{len(train_normal + test_normal)} normal and {len(abnormal)} abnormal")
+        raise ExperimentError(
+            f"{root}: experiments need labeled images: normal/ (and test/normal/) and "
+            "abnormal/ or test/abnormal/; found "
+            f"{len(train_normal + test_normal)} normal and {len(abnormal)} abnormal"
+        )
     n_normal = max(1, len(train_normal) // 2)  # the other half stays free for D_u
-    sizes = dict(n_normal=n_normal, n_validation=max(1, round(0.1 * n_normal)),
-                 n_test_normal=len(test_normal), n_test_abnormal=len(_images(root / "test" / "abnormal")))
+    sizes = dict(
+        n_normal=n_normal,
+        n_validation=max(1, round(0.1 * n_normal)),
+        n_test_normal=len(test_normal),
+        n_test_abnormal=len(_images(root / "test" / "abnormal")),
+    )
     return train_normal + test_normal, abnormal, sizes
 
 
@@ -206,13 +232,25 @@ def prepared_pools(data_dir, dataset: str) -> tuple[list[dict], list[dict], dict
     normal = d_n + [e for e in unlabeled + split.test if e["label"] == 0]
     abnormal = [e for e in unlabeled + split.test if e["label"] == 1]
     n_normal = len(d_n) - max(1, round(0.1 * len(d_n)))
-    sizes = dict(n_normal=n_normal, n_validation=len(d_n) - n_normal, n_unlabeled=len(unlabeled),
-                 n_test_normal=split.counts()["test_normal"], n_test_abnormal=split.counts()["test_abnormal"])
+    sizes = dict(
+        n_normal=n_normal,
+        n_validation=len(d_n) - n_normal,
+        n_unlabeled=len(unlabeled),
+        n_test_normal=split.counts()["test_normal"],
+        n_test_abnormal=split.counts()["test_abnormal"],
+    )
     return [keep(e) for e in normal], [keep(e) for e in abnormal], sizes
 
 
-def prepare(dataset: str, out, data_dir=None, modality: str | None = None, split_seed: int = 0,
-            sizes: dict | None = None, phantom_size: int = 128) -> Source:
+def prepare(
+    dataset: str,
+    out,
+    data_dir=None,
+    modality: str | None = None,
+    split_seed: int = 0,
+    sizes: dict | None = None,
+    phantom_size: int = 128,
+) -> Source:
     """The :class:`Source` of ``dataset``; ``sizes`` overrides its default D_n, validation, test, |D_u|."""
     if dataset not in DATASETS:
         raise ExperimentError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -225,26 +263,60 @@ def prepare(dataset: str, out, data_dir=None, modality: str | None = None, split
         s = dict(DEFAULT_SIZES["phantom"], **asked)
         folder = Path(out) / "data" / f"{modality}_phantom_pools"
         u = s["n_unlabeled"]
-        normal, abnormal = phantom_pools(folder, modality, s["n_test_normal"] + s["n_validation"] + s["n_normal"] + u,
-                                         s["n_test_abnormal"] + u, phantom_size, split_seed)
-        return Source(dataset, normal, abnormal, s, settings, config,
-                      description=f"{modality} phantoms ({phantom_size} px, generator seed {split_seed})")
+        normal, abnormal = phantom_pools(
+            folder,
+            modality,
+            s["n_test_normal"] + s["n_validation"] + s["n_normal"] + u,
+            s["n_test_abnormal"] + u,
+            phantom_size,
+            split_seed,
+        )
+        return Source(
+            dataset,
+            normal,
+            abnormal,
+            s,
+            settings,
+            config,
+            description=f"{modality} phantoms ({phantom_size} px, generator seed {split_seed})",
+        )
     if dataset == "kermany":
         if data_dir is None:
-            raise ExperimentError("--dataset kermany needs --data_dir (the Kermany chest X-ray folder with its "
-                                  "manifest.csv)")
+            raise ExperimentError(
+                "--dataset kermany needs --data_dir (the Kermany chest X-ray folder with its manifest.csv)"
+            )
         data_dir = Path(data_dir)
         normal, abnormal = kermany_pools(data_dir)
-        return Source(dataset, normal, abnormal, dict(DEFAULT_SIZES["kermany"], **asked), settings, config,
-                      description=f"Kermany pediatric CXR ({data_dir}), patient-disjoint")
+        return Source(
+            dataset,
+            normal,
+            abnormal,
+            dict(DEFAULT_SIZES["kermany"], **asked),
+            settings,
+            config,
+            description=f"Kermany pediatric CXR ({data_dir}), patient-disjoint",
+        )
     if data_dir is None:
-        raise ExperimentError(f"--dataset {dataset} needs --data_dir "
-                              + ("(a folder tree)" if dataset == "folder" else
-                                 f"(the --out folder of `python -m scripts.tools.preparation {dataset}`)"))
+        raise ExperimentError(
+            f"--dataset {dataset} needs --data_dir "
+            + (
+                "(a folder tree)"
+                if dataset == "folder"
+                else f"(the --out folder of `python -m scripts.tools.preparation {dataset}`)"
+            )
+        )
     data_dir = os.path.abspath(data_dir)
     normal, abnormal, s = folder_pools(data_dir) if dataset == "folder" else prepared_pools(data_dir, dataset)
-    return Source(dataset, normal, abnormal, dict(s, **asked), dict(settings, data_dir=data_dir), config,
-                  own_split=True, description=f"{dataset} from {data_dir}")
+    return Source(
+        dataset,
+        normal,
+        abnormal,
+        dict(s, **asked),
+        dict(settings, data_dir=data_dir),
+        config,
+        own_split=True,
+        description=f"{dataset} from {data_dir}",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,8 +341,9 @@ def _group(e: dict):
 
 def free_for_unlabeled(source: Source, split_seed: int) -> tuple[int, int]:
     """Normal and abnormal images left for D_u once D_n, validation and test are drawn (by patient)."""
-    fixed = build_split(source.normal, source.abnormal, n_unlabeled=0, anomaly_rate=0.0, seed=split_seed,
-                        **_fixed_sizes(source))
+    fixed = build_split(
+        source.normal, source.abnormal, n_unlabeled=0, anomaly_rate=0.0, seed=split_seed, **_fixed_sizes(source)
+    )
     used = {_group(e) for name in ("normal", "validation", "test") for e in fixed.get(name, [])}
     return (sum(_group(e) not in used for e in source.normal), sum(_group(e) not in used for e in source.abnormal))
 
@@ -284,10 +357,12 @@ def sweep_size(source: Source, ars, split_seed: int, n_unlabeled: int | None = N
     """|D_u| for the sweep: the given size, checked, or the largest feasible at every AR."""
     free_n, free_a = free_for_unlabeled(source, split_seed)
     s = source.sizes
-    why = (f"the normal pool has {len(source.normal)} images, of which {free_n} are left for D_u after "
-           f"{s['n_test_normal']} test normals, {s['n_validation']} validation and {s['n_normal']} D_n; the "
-           f"abnormal pool has {len(source.abnormal)}, of which {free_a} are left after {s['n_test_abnormal']} "
-           "test abnormals")
+    why = (
+        f"the normal pool has {len(source.normal)} images, of which {free_n} are left for D_u after "
+        f"{s['n_test_normal']} test normals, {s['n_validation']} validation and {s['n_normal']} D_n; the "
+        f"abnormal pool has {len(source.abnormal)}, of which {free_a} are left after {s['n_test_abnormal']} "
+        "test abnormals"
+    )
     step = _grid_step(ars)
     if n_unlabeled is None:
         # a D_u at rate AR needs (1 - AR)|D_u| normals and AR |D_u| abnormals
@@ -299,24 +374,38 @@ def sweep_size(source: Source, ars, split_seed: int, n_unlabeled: int | None = N
         k = unlabeled_abnormal_count(float(ar), n_unlabeled, "AR sweep")
         for need, have, kind in ((n_unlabeled - k, free_n, "normal"), (k, free_a, "abnormal")):
             if need > have:
-                raise ExperimentError(f"|D_u| = {n_unlabeled} is infeasible at AR {ar:.0%}: it needs {need} "
-                                      f"{kind} images for D_u and {have} are available ({why})")
+                raise ExperimentError(
+                    f"|D_u| = {n_unlabeled} is infeasible at AR {ar:.0%}: it needs {need} "
+                    f"{kind} images for D_u and {have} are available ({why})"
+                )
     return {"n_unlabeled": n_unlabeled, "free_normal": free_n, "free_abnormal": free_a, "explanation": why}
 
 
 def sweep_splits(source: Source, ars, n_unlabeled: int, split_seed: int, folder) -> dict[float, Path]:
     """One split file per AR, from one draw: same D_n, validation and test; D_u nested subsets of a reservoir."""
-    base = _drop_masks(build_split(source.normal, source.abnormal, n_unlabeled=2 * n_unlabeled, anomaly_rate=0.5,
-                                   seed=split_seed, **_fixed_sizes(source)))
+    base = _drop_masks(
+        build_split(
+            source.normal,
+            source.abnormal,
+            n_unlabeled=2 * n_unlabeled,
+            anomaly_rate=0.5,
+            seed=split_seed,
+            **_fixed_sizes(source),
+        )
+    )
     rng = np.random.default_rng([split_seed, _RESERVOIR_STREAM])
     reservoir = {label: [e for e in base["unlabeled"] if e["label"] == label] for label in (0, 1)}
     order = {label: [entries[i] for i in rng.permutation(len(entries))] for label, entries in reservoir.items()}
     out = {}
     for ar in ars:
         k = unlabeled_abnormal_count(float(ar), n_unlabeled, "AR sweep")
-        split = dict(base, anomaly_rate=float(ar), unlabeled=order[0][:n_unlabeled - k] + order[1][:k],
-                     description=f"AR sweep on {source.description}: D_u {n_unlabeled} at AR {ar} "
-                                 f"({k} abnormal), split seed {split_seed}")
+        split = dict(
+            base,
+            anomaly_rate=float(ar),
+            unlabeled=order[0][: n_unlabeled - k] + order[1][:k],
+            description=f"AR sweep on {source.description}: D_u {n_unlabeled} at AR {ar} "
+            f"({k} abnormal), split seed {split_seed}",
+        )
         out[ar] = save_split(split, Path(folder) / f"ar_{round(100 * ar):03d}.json")
     return out
 
@@ -325,9 +414,15 @@ def backbone_split(source: Source, anomaly_rate: float, split_seed: int, folder)
     """The backbone table's split: drawn from the pools, or None where the config's own split is used."""
     if source.own_split:
         return None
-    split = build_split(source.normal, source.abnormal, n_unlabeled=source.sizes["n_unlabeled"],
-                        anomaly_rate=anomaly_rate, seed=split_seed, **_fixed_sizes(source),
-                        description=f"backbone table on {source.description}, split seed {split_seed}")
+    split = build_split(
+        source.normal,
+        source.abnormal,
+        n_unlabeled=source.sizes["n_unlabeled"],
+        anomaly_rate=anomaly_rate,
+        seed=split_seed,
+        **_fixed_sizes(source),
+        description=f"backbone table on {source.description}, split seed {split_seed}",
+    )
     return save_split(_drop_masks(split), Path(folder) / f"backbones_ar_{round(100 * anomaly_rate):03d}.json")
 
 
@@ -365,13 +460,16 @@ def run_cell(cell: Cell) -> tuple[dict, bool]:
     if cell.method != "ddad":
         wanted["method"] = cell.method
     if record.is_file() and _load_json(record) != wanted:
-        raise ExperimentError(f"{cell.folder} was run with other settings ({record}); give another --out or "
-                              "remove that folder: one table never mixes two protocols")
+        raise ExperimentError(
+            f"{cell.folder} was run with other settings ({record}); give another --out or "
+            "remove that folder: one table never mixes two protocols"
+        )
     if cell.metrics_file.is_file():
         return _load_json(cell.metrics_file), False
     write_json_atomic(wanted, record)
-    run_workflows(FIT_WORKFLOWS[cell.method], dict(cell.settings), [str(cell.config)] if cell.config else [],
-                  method=cell.method)
+    run_workflows(
+        FIT_WORKFLOWS[cell.method], dict(cell.settings), [str(cell.config)] if cell.config else [], method=cell.method
+    )
     return _load_json(cell.metrics_file), True
 
 
@@ -380,12 +478,21 @@ def _run_all(cells: list[Cell], log) -> list[dict]:
     for i, cell in enumerate(cells, 1):
         start = time.time()
         metrics, ran = run_cell(cell)
-        log(f"[{i}/{len(cells)}] {cell.name}: " + (f"done in {time.time() - start:.0f} s" if ran else
-                                                    "finished earlier, not rerun"))
-        results.append({"cell": cell.name, "ran": ran, "seconds": round(time.time() - start) if ran else None,
-                        "seed": cell.settings["seed"], "method": cell.method,
-                        "backbone": cell.settings.get("backbone") if cell.method == "ddad" else "salad",
-                        "auc": {name: m["auc"] for name, m in metrics.items()}})
+        log(
+            f"[{i}/{len(cells)}] {cell.name}: "
+            + (f"done in {time.time() - start:.0f} s" if ran else "finished earlier, not rerun")
+        )
+        results.append(
+            {
+                "cell": cell.name,
+                "ran": ran,
+                "seconds": round(time.time() - start) if ran else None,
+                "seed": cell.settings["seed"],
+                "method": cell.method,
+                "backbone": cell.settings.get("backbone") if cell.method == "ddad" else "salad",
+                "auc": {name: m["auc"] for name, m in metrics.items()},
+            }
+        )
     return results
 
 
@@ -420,8 +527,10 @@ def _markdown(header: list[str], rows: list[list[str]]) -> str:
 
 def _write_runs(results: list[dict], path: Path, key: str) -> None:
     scores = list(dict.fromkeys(s for r in results for s in r["auc"]))
-    rows = [{key: r[key], "seed": r["seed"], "cell": r["cell"], **{s: _csv_number(r["auc"].get(s)) for s in scores}}
-            for r in results]
+    rows = [
+        {key: r[key], "seed": r["seed"], "cell": r["cell"], **{s: _csv_number(r["auc"].get(s)) for s in scores}}
+        for r in results
+    ]
     write_csv_atomic(rows, path)
 
 
@@ -468,8 +577,10 @@ class Schedule:
         return s
 
     def describe(self, seeds: bool = True) -> str:
-        parts = [f"stage 1 {self.epochs if self.epochs is not None else 'config default (250)'} epochs",
-                 f"stage 2 {self.asr_epochs if self.asr_epochs is not None else 'config default (100)'} epochs"]
+        parts = [
+            f"stage 1 {self.epochs if self.epochs is not None else 'config default (250)'} epochs",
+            f"stage 2 {self.asr_epochs if self.asr_epochs is not None else 'config default (100)'} epochs",
+        ]
         parts += [f"{k} {v}" for k, v in sorted(self.overrides.items())]
         return ", ".join(parts) + (f"; seeds {' '.join(map(str, self.seeds))}" if seeds else "")
 
@@ -482,8 +593,11 @@ def figures_off_override(config: str = "evaluate.json") -> dict:
     content = _load_json(BUNDLE_ROOT / "configs" / config)
     # evaluate.json lists the evaluator's handlers at the top level (`handlers`, the model-zoo name);
     # the SALAD config keeps them inside the evaluator
-    prefix, handlers = ("handlers", content["handlers"]) if "handlers" in content else \
-        ("evaluator#handlers", content["evaluator"]["handlers"])
+    prefix, handlers = (
+        ("handlers", content["handlers"])
+        if "handlers" in content
+        else ("evaluator#handlers", content["evaluator"]["handlers"])
+    )
     for i, handler in enumerate(handlers):
         if str(handler.get("_target_", "")).endswith("ScoreReport"):
             return {f"{prefix}#{i}": dict(handler, figures=False)}
@@ -492,8 +606,13 @@ def figures_off_override(config: str = "evaluate.json") -> dict:
 
 def _cell(out: Path, name: str, source: Source, schedule: Schedule, method: str = "ddad", **settings) -> Cell:
     folder = out / "cells" / name
-    return Cell(name, folder, {**schedule.settings_for(method), **source.settings, **settings, "runs_dir": str(folder)},
-                source.config, method)
+    return Cell(
+        name,
+        folder,
+        {**schedule.settings_for(method), **source.settings, **settings, "runs_dir": str(folder)},
+        source.config,
+        method,
+    )
 
 
 def _check_rates(ars) -> list[float]:
@@ -524,8 +643,17 @@ def _aggregated(values: dict[str, list]) -> dict:
     return row
 
 
-def ar_sweep(source: Source, out, schedule: Schedule, backbone: str = "ae", ars=AR_STEPS,
-             n_unlabeled: int | None = None, split_seed: int = 0, log=print, method: str = "ddad") -> dict:
+def ar_sweep(
+    source: Source,
+    out,
+    schedule: Schedule,
+    backbone: str = "ae",
+    ars=AR_STEPS,
+    n_unlabeled: int | None = None,
+    split_seed: int = 0,
+    log=print,
+    method: str = "ddad",
+) -> dict:
     """Run (or resume) the AR sweep; writes ar_sweep.csv/.md/.png and ar_sweep_runs.csv; returns the table.
 
     ``method`` 'salad' sweeps SALAD (its scores A_knn, A_mse; the paper's Table 1 rows at 0-15%)."""
@@ -539,20 +667,45 @@ def ar_sweep(source: Source, out, schedule: Schedule, backbone: str = "ae", ars=
     u = size["n_unlabeled"]
     splits = sweep_splits(source, ars, u, split_seed, out / "splits")
     plan = [(ar, seed) for ar in ars for seed in schedule.seeds]
-    cells = [_cell(out, f"ar{round(100 * ar):03d}_{model}_seed{seed}", source, schedule, method, **model_settings,
-                   seed=seed, split_file=str(splits[ar])) for ar, seed in plan]
+    cells = [
+        _cell(
+            out,
+            f"ar{round(100 * ar):03d}_{model}_seed{seed}",
+            source,
+            schedule,
+            method,
+            **model_settings,
+            seed=seed,
+            split_file=str(splits[ar]),
+        )
+        for ar, seed in plan
+    ]
     results = _run_all(cells, log)
     for r, (ar, _) in zip(results, plan):
         r["anomaly_rate"] = ar
-    values = {ar: {score: [r["auc"].get(score) for r in results if r["anomaly_rate"] == ar] for score in scores}
-              for ar in ars}
-    rows = [{"anomaly_rate": ar, "n_unlabeled": u, "n_unlabeled_abnormal": round(ar * u),
-             "n_seeds": len(schedule.seeds), **_aggregated(values[ar])} for ar in ars]
+    values = {
+        ar: {score: [r["auc"].get(score) for r in results if r["anomaly_rate"] == ar] for score in scores} for ar in ars
+    }
+    rows = [
+        {
+            "anomaly_rate": ar,
+            "n_unlabeled": u,
+            "n_unlabeled_abnormal": round(ar * u),
+            "n_seeds": len(schedule.seeds),
+            **_aggregated(values[ar]),
+        }
+        for ar in ars
+    ]
     name = BACKBONE_NAMES[backbone] if method == "ddad" else "SALAD"
     header = _sweep_header(source, name, size, n_unlabeled is not None, split_seed, schedule, method)
-    table = _markdown(["AR", "\\|D_u\\| (abnormal)"] + list(scores),
-                      [[f"{r['anomaly_rate']:.0%}", f"{u} ({r['n_unlabeled_abnormal']})"]
-                       + [format_entry(values[r["anomaly_rate"]][score]) for score in scores] for r in rows])
+    table = _markdown(
+        ["AR", "\\|D_u\\| (abnormal)"] + list(scores),
+        [
+            [f"{r['anomaly_rate']:.0%}", f"{u} ({r['n_unlabeled_abnormal']})"]
+            + [format_entry(values[r["anomaly_rate"]][score]) for score in scores]
+            for r in rows
+        ],
+    )
     write_csv_atomic(rows, out / "ar_sweep.csv")
     write_text_atomic(out / "ar_sweep.md", header + "\n\n" + table + "\n")
     _write_runs(results, out / "ar_sweep_runs.csv", "anomaly_rate")
@@ -561,17 +714,29 @@ def ar_sweep(source: Source, out, schedule: Schedule, backbone: str = "ae", ars=
     return {"rows": rows, "n_unlabeled": u, "results": results, "header": header}
 
 
-def _sweep_header(source: Source, backbone: str, size: dict, requested: bool, split_seed: int,
-                  schedule: Schedule, method: str = "ddad") -> str:
+def _sweep_header(
+    source: Source,
+    backbone: str,
+    size: dict,
+    requested: bool,
+    split_seed: int,
+    schedule: Schedule,
+    method: str = "ddad",
+) -> str:
     s = source.sizes
     why = "requested" if requested else "the largest feasible at every AR"
     model = f"backbone {backbone}" if method == "ddad" else "method SALAD"
-    plan = (schedule.describe() if method == "ddad" else
-            f"{schedule.describe_salad()}; seeds {' '.join(map(str, schedule.seeds))}")
-    return (f"AR sweep, {source.description}, {model}: |D_u| = {size['n_unlabeled']} at every AR "
-            f"({why}: {size['explanation']}); D_n {s['n_normal']}, validation {s['n_validation']}, test "
-            f"{s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}; {plan}. "
-            "Test AUC" + (", mean ± std over seeds." if len(schedule.seeds) > 1 else "."))
+    plan = (
+        schedule.describe()
+        if method == "ddad"
+        else f"{schedule.describe_salad()}; seeds {' '.join(map(str, schedule.seeds))}"
+    )
+    return (
+        f"AR sweep, {source.description}, {model}: |D_u| = {size['n_unlabeled']} at every AR "
+        f"({why}: {size['explanation']}); D_n {s['n_normal']}, validation {s['n_validation']}, test "
+        f"{s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}; {plan}. "
+        "Test AUC" + (", mean ± std over seeds." if len(schedule.seeds) > 1 else ".")
+    )
 
 
 def plot_sweep(rows: list[dict], path: Path, title: str, scores=SWEEP_SCORES) -> Path:
@@ -596,8 +761,16 @@ def plot_sweep(rows: list[dict], path: Path, title: str, scores=SWEEP_SCORES) ->
     return path
 
 
-def backbone_table(source: Source, out, schedule: Schedule, backbones=BACKBONES, seeds: dict | None = None,
-                   anomaly_rate: float = 0.6, split_seed: int = 0, log=print) -> dict:
+def backbone_table(
+    source: Source,
+    out,
+    schedule: Schedule,
+    backbones=BACKBONES,
+    seeds: dict | None = None,
+    anomaly_rate: float = 0.6,
+    split_seed: int = 0,
+    log=print,
+) -> dict:
     """Run (or resume) the backbone table; writes backbones.csv/.md and backbones_runs.csv; returns it.
 
     ``seeds`` maps a backbone to its own seed list (the Kermany benchmark: AE 3 seeds, the others
@@ -608,23 +781,37 @@ def backbone_table(source: Source, out, schedule: Schedule, backbones=BACKBONES,
     seeds = {b: list((seeds or {}).get(b, schedule.seeds)) for b in backbones}
     split_file = backbone_split(source, anomaly_rate, split_seed, out / "splits")
     extra = {"split_file": str(split_file)} if split_file else {}
-    cells = [_cell(out, f"{b}_seed{seed}", source, schedule, backbone=b, seed=seed, **extra)
-             for b in backbones for seed in seeds[b]]
+    cells = [
+        _cell(out, f"{b}_seed{seed}", source, schedule, backbone=b, seed=seed, **extra)
+        for b in backbones
+        for seed in seeds[b]
+    ]
     results = _run_all(cells, log)
-    values = {score: {b: [r["auc"].get(score) for r in results if r["backbone"] == b] for b in backbones}
-              for score in TABLE_SCORES}
-    rows = [{"score": score, **_aggregated(values[score]), **{f"{b}_n_seeds": len(seeds[b]) for b in backbones}}
-            for score in TABLE_SCORES]
+    values = {
+        score: {b: [r["auc"].get(score) for r in results if r["backbone"] == b] for b in backbones}
+        for score in TABLE_SCORES
+    }
+    rows = [
+        {"score": score, **_aggregated(values[score]), **{f"{b}_n_seeds": len(seeds[b]) for b in backbones}}
+        for score in TABLE_SCORES
+    ]
     s = source.sizes
-    data = (f"the data set's own split (configs/datasets/{source.name}.json)" if split_file is None else
-            f"D_n {s['n_normal']}, validation {s['n_validation']}, |D_u| = {s['n_unlabeled']} at AR "
-            f"{anomaly_rate:.0%}, test {s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}")
+    data = (
+        f"the data set's own split (configs/datasets/{source.name}.json)"
+        if split_file is None
+        else f"D_n {s['n_normal']}, validation {s['n_validation']}, |D_u| = {s['n_unlabeled']} at AR "
+        f"{anomaly_rate:.0%}, test {s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}"
+    )
     seed_text = "; ".join(f"{BACKBONE_NAMES[b]} seeds {' '.join(map(str, seeds[b]))}" for b in backbones)
-    header = (f"Backbone table, {source.description}: {data}; {schedule.describe(seeds=False)}; {seed_text}. "
-              "Test AUC, mean ± std over seeds where a backbone has several.")
+    header = (
+        f"Backbone table, {source.description}: {data}; {schedule.describe(seeds=False)}; {seed_text}. "
+        "Test AUC, mean ± std over seeds where a backbone has several."
+    )
     write_csv_atomic(rows, out / "backbones.csv")
-    table = _markdown(["score"] + [BACKBONE_NAMES[b] for b in backbones],
-                      [[score] + [format_entry(values[score][b]) for b in backbones] for score in TABLE_SCORES])
+    table = _markdown(
+        ["score"] + [BACKBONE_NAMES[b] for b in backbones],
+        [[score] + [format_entry(values[score][b]) for b in backbones] for score in TABLE_SCORES],
+    )
     write_text_atomic(out / "backbones.md", header + "\n\n" + table + "\n")
     _write_runs(results, out / "backbones_runs.csv", "backbone")
     log(table)
@@ -636,8 +823,16 @@ def _baseline_configs(source: Source) -> list[str]:
     return files + ([str(source.config)] if source.config else [])
 
 
-def compare(source: Source, out, schedule: Schedule, methods=METHODS, backbone: str = "ae",
-            anomaly_rate: float = 0.6, split_seed: int = 0, log=print) -> dict:
+def compare(
+    source: Source,
+    out,
+    schedule: Schedule,
+    methods=METHODS,
+    backbone: str = "ae",
+    anomaly_rate: float = 0.6,
+    split_seed: int = 0,
+    log=print,
+) -> dict:
     """DDAD and SALAD on one split, beside the trivial baselines on the same test images.
 
     One split (drawn from the pools at ``anomaly_rate``, or the data set's own); per seed one DDAD
@@ -655,8 +850,9 @@ def compare(source: Source, out, schedule: Schedule, methods=METHODS, backbone: 
     cells = []
     for seed in schedule.seeds:
         if "ddad" in methods:
-            cells.append(_cell(out, f"ddad_{backbone}_seed{seed}", source, schedule, backbone=backbone, seed=seed,
-                               **extra))
+            cells.append(
+                _cell(out, f"ddad_{backbone}_seed{seed}", source, schedule, backbone=backbone, seed=seed, **extra)
+            )
         if "salad" in methods:
             cells.append(_cell(out, f"salad_seed{seed}", source, schedule, "salad", seed=seed, **extra))
     results = _run_all(cells, log)
@@ -667,26 +863,40 @@ def compare(source: Source, out, schedule: Schedule, methods=METHODS, backbone: 
         for score in scores[method]:
             values = [r["auc"].get(score) for r in results if r["method"] == method]
             mean, std = aggregate(values)
-            rows.append({"method": names[method], "score": score, "auc": _csv_number(mean), "auc_std": _csv_number(std),
-                         "n_seeds": sum(v is not None for v in values)})
+            rows.append(
+                {
+                    "method": names[method],
+                    "score": score,
+                    "auc": _csv_number(mean),
+                    "auc_std": _csv_number(std),
+                    "n_seeds": sum(v is not None for v in values),
+                }
+            )
             table.append([names[method], score, format_entry(values), str(rows[-1]["n_seeds"])])
-    base = trivial_baselines(_baseline_configs(source), {**source.settings, **schedule.settings(), **extra,
-                                                         "runs_dir": str(out / "cells" / "baselines")})
+    base = trivial_baselines(
+        _baseline_configs(source),
+        {**source.settings, **schedule.settings(), **extra, "runs_dir": str(out / "cells" / "baselines")},
+    )
     for name, auc in base.items():
         rows.append({"method": "baseline", "score": name, "auc": _csv_number(auc), "auc_std": "", "n_seeds": ""})
         table.append(["trivial baseline", name, f"{auc:.3f}", "-"])
     s = source.sizes
-    data = (f"the data set's own split (configs/datasets/{source.name}.json)" if split_file is None else
-            f"D_n {s['n_normal']}, validation {s['n_validation']}, |D_u| = {s.get('n_unlabeled')} at AR "
-            f"{anomaly_rate:.0%}, test {s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}")
+    data = (
+        f"the data set's own split (configs/datasets/{source.name}.json)"
+        if split_file is None
+        else f"D_n {s['n_normal']}, validation {s['n_validation']}, |D_u| = {s.get('n_unlabeled')} at AR "
+        f"{anomaly_rate:.0%}, test {s['n_test_normal']} + {s['n_test_abnormal']}, split seed {split_seed}"
+    )
     plan = []
     if "ddad" in methods:
         plan.append(f"DDAD: {schedule.describe(seeds=False)}")
     if "salad" in methods:
         plan.append(f"SALAD: {schedule.describe_salad()}")
-    header = (f"Method comparison, {source.description}: {data}; {'; '.join(plan)}; seeds "
-              f"{' '.join(map(str, schedule.seeds))}. Test AUC (mean ± std over seeds); the baselines are image "
-              "statistics of the same preprocessed test images (scripts/tools/baselines.py).")
+    header = (
+        f"Method comparison, {source.description}: {data}; {'; '.join(plan)}; seeds "
+        f"{' '.join(map(str, schedule.seeds))}. Test AUC (mean ± std over seeds); the baselines are image "
+        "statistics of the same preprocessed test images (scripts/tools/baselines.py)."
+    )
     markdown = header + "\n\n" + _markdown(["method", "score", "test AUC", "seeds"], table) + "\n"
     write_csv_atomic(rows, out / "compare.csv")
     write_text_atomic(out / "compare.md", markdown)
@@ -700,9 +910,12 @@ def compare(source: Source, out, schedule: Schedule, methods=METHODS, backbone: 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="ddad experiment", description=__doc__.split("\n\n")[0],
-                                epilog="Further --key value pairs are bundle config overrides for every cell "
-                                       "(e.g. --batch_size 16 --lr_schedule cosine --image_size 32).")
+    p = argparse.ArgumentParser(
+        prog="ddad experiment",
+        description=__doc__.split("\n\n")[0],
+        epilog="Further --key value pairs are bundle config overrides for every cell "
+        "(e.g. --batch_size 16 --lr_schedule cosine --image_size 32).",
+    )
     p.add_argument("experiment", choices=["ar_sweep", "backbones", "compare"])
     p.add_argument("--dataset", default="phantom", choices=DATASETS)
     p.add_argument("--data_dir", default=None, help="folder tree, prepared --out folder, or the Kermany folder")
@@ -717,15 +930,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS, help="compare: the methods")
     p.add_argument("--backbones", nargs="+", default=list(BACKBONES), choices=BACKBONES, help="backbones: columns")
     p.add_argument("--ars", type=float, nargs="+", default=list(AR_STEPS), help="ar_sweep: the anomaly rates")
-    p.add_argument("--anomaly_rate", type=float, default=0.6,
-                   help="backbones, compare: AR of D_u (pool-drawn splits)")
-    p.add_argument("--n_unlabeled", type=int, default=None,
-                   help="|D_u| (ar_sweep default: the largest feasible at every AR)")
+    p.add_argument("--anomaly_rate", type=float, default=0.6, help="backbones, compare: AR of D_u (pool-drawn splits)")
+    p.add_argument(
+        "--n_unlabeled", type=int, default=None, help="|D_u| (ar_sweep default: the largest feasible at every AR)"
+    )
     for key in SIZE_KEYS:
         p.add_argument(f"--{key}", type=int, default=None, help="default: the data set's")
     p.add_argument("--phantom_size", type=int, default=128, help="phantom: rendered size before resizing")
-    p.add_argument("--no_figures", action="store_true",
-                   help="skip each cell's histograms and map panel (most of a tiny cell's time)")
+    p.add_argument(
+        "--no_figures",
+        action="store_true",
+        help="skip each cell's histograms and map panel (most of a tiny cell's time)",
+    )
     return p
 
 
@@ -740,13 +956,13 @@ def main(argv: list[str]) -> int:
     salad = {k: overrides.pop(k) for k in list(overrides) if k.startswith("salad_")}
     schedule = Schedule(args.seeds, args.epochs, args.asr_epochs, overrides, not args.no_figures, salad)
     if args.experiment == "ar_sweep":
-        ar_sweep(source, out, schedule, args.backbone, args.ars, args.n_unlabeled, args.split_seed,
-                 method=args.method)
+        ar_sweep(source, out, schedule, args.backbone, args.ars, args.n_unlabeled, args.split_seed, method=args.method)
     elif args.experiment == "compare":
         compare(source, out, schedule, args.methods, args.backbone, args.anomaly_rate, args.split_seed)
     else:
-        backbone_table(source, out, schedule, args.backbones, anomaly_rate=args.anomaly_rate,
-                       split_seed=args.split_seed)
+        backbone_table(
+            source, out, schedule, args.backbones, anomaly_rate=args.anomaly_rate, split_seed=args.split_seed
+        )
     print(f"tables in {out.resolve()}")
     return 0
 

@@ -105,14 +105,14 @@ class Item:
     """One source image: where it is, its class and label (None: a class the method does not use)."""
 
     source: Path
-    stem: str           # the name the reference split uses (file name without extension)
-    cls: str            # class as the label file or folder names it
-    label: int | None   # 0 normal, 1 abnormal, None unused
-    kind: str           # "dicom" or "image"
-    rel: str            # path relative to --source, for messages and the split's "source" key
+    stem: str  # the name the reference split uses (file name without extension)
+    cls: str  # class as the label file or folder names it
+    label: int | None  # 0 normal, 1 abnormal, None unused
+    kind: str  # "dicom" or "image"
+    rel: str  # path relative to --source, for messages and the split's "source" key
     patient_id: str | None = None
     exists: bool = True
-    name: str = ""      # output stem, unique within the data set (set by _assign_names)
+    name: str = ""  # output stem, unique within the data set (set by _assign_names)
 
 
 @dataclass
@@ -144,8 +144,9 @@ def _child(parent: Path, name: str, what: str, hint: str = "") -> Path:
 def _source_root(source) -> Path:
     root = Path(os.path.abspath(source))
     if not root.is_dir():
-        raise PreparationError(f"--source {root}: no such folder" if not root.exists()
-                               else f"--source {root}: not a folder")
+        raise PreparationError(
+            f"--source {root}: no such folder" if not root.exists() else f"--source {root}: not a folder"
+        )
     return root
 
 
@@ -158,10 +159,13 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
             missing = [c for c in required if c not in header]
             if missing:
                 found = ", ".join(repr(h) for h in header) or "none (empty file)"
-                raise PreparationError(f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; "
-                                       f"found columns: {found}")
-            return [{(k or "").strip(): (v or "").strip() if isinstance(v, str) else v for k, v in row.items()}
-                    for row in reader]
+                raise PreparationError(
+                    f"{path}: missing column(s) {', '.join(repr(c) for c in missing)}; found columns: {found}"
+                )
+            return [
+                {(k or "").strip(): (v or "").strip() if isinstance(v, str) else v for k, v in row.items()}
+                for row in reader
+            ]
     except UnicodeDecodeError as e:
         raise PreparationError(f"{path}: not a UTF-8 text CSV ({e})") from e
 
@@ -177,8 +181,11 @@ def _files_by_stem(folder: Path, extensions: tuple[str, ...]) -> dict[str, Path]
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -223,11 +230,16 @@ def scan_rsna(root: Path, labels=None, **_) -> Scan:
         counts[cls] = counts.get(cls, 0) + 1
         label = {RSNA_NORMAL: 0, RSNA_ABNORMAL: 1}.get(cls)
         path = files.get(pid, folder / f"{pid}.dcm")
-        items.append(Item(path, pid, cls, label, "dicom", path.relative_to(root).as_posix(),
-                          patient_id=pid, exists=pid in files))
-    notes = {"labels_file": str(table), "csv_rows": len(rows), "patients_in_csv": len(classes_of),
-             "dicom_files_in_folder": len(files),
-             "dicom_files_not_in_csv": len(set(files) - set(classes_of))}
+        items.append(
+            Item(path, pid, cls, label, "dicom", path.relative_to(root).as_posix(), patient_id=pid, exists=pid in files)
+        )
+    notes = {
+        "labels_file": str(table),
+        "csv_rows": len(rows),
+        "patients_in_csv": len(classes_of),
+        "dicom_files_in_folder": len(files),
+        "dicom_files_not_in_csv": len(set(files) - set(classes_of)),
+    }
     if conflicting:
         notes["patients_with_conflicting_classes_left_out"] = conflicting
     desc = f"normal = '{RSNA_NORMAL}', abnormal = '{RSNA_ABNORMAL}' (classes of {RSNA_CSV}, one image per patientId)"
@@ -254,13 +266,21 @@ def scan_vindr(root: Path, labels=None, **_) -> Scan:
         n_abnormal += not normal
         cls = "No finding" if normal else "finding"
         path = files.get(iid, folder / f"{iid}.dicom")
-        items.append(Item(path, iid, cls, 0 if normal else 1, "dicom", path.relative_to(root).as_posix(),
-                          exists=iid in files))
-    classes = {"normal (No finding by every reader)": n_normal, "abnormal (any finding)": n_abnormal,
-               "images per finding": dict(sorted(per_finding.items()))}
-    notes = {"labels_file": str(table), "csv_rows": len(rows), "images_in_csv": len(findings),
-             "dicom_files_in_folder": len(files),
-             "dicom_files_not_in_csv": len(set(files) - set(findings))}
+        items.append(
+            Item(path, iid, cls, 0 if normal else 1, "dicom", path.relative_to(root).as_posix(), exists=iid in files)
+        )
+    classes = {
+        "normal (No finding by every reader)": n_normal,
+        "abnormal (any finding)": n_abnormal,
+        "images per finding": dict(sorted(per_finding.items())),
+    }
+    notes = {
+        "labels_file": str(table),
+        "csv_rows": len(rows),
+        "images_in_csv": len(findings),
+        "dicom_files_in_folder": len(files),
+        "dicom_files_not_in_csv": len(set(files) - set(findings)),
+    }
     desc = "normal = every reader's row is 'No finding'; abnormal = any other finding (train.csv)"
     return Scan(items, classes, notes, desc)
 
@@ -285,7 +305,7 @@ def scan_brain_tumor(root: Path, include_pituitary: bool = False, **_) -> Scan:
             items += [Item(p, p.stem, cls, label, "image", p.relative_to(root).as_posix()) for p in files]
     for cls in BRAIN_NORMAL + BRAIN_ABNORMAL + BRAIN_OPTIONAL:
         classes[cls] = sum(v for k, v in classes.items() if k.endswith("/" + cls))
-    desc = (f"normal = notumor, abnormal = {' + '.join(abnormal)} (Training/ and Testing/ pooled)")
+    desc = f"normal = notumor, abnormal = {' + '.join(abnormal)} (Training/ and Testing/ pooled)"
     return Scan(items, classes, {}, desc)
 
 
@@ -308,7 +328,10 @@ def scan_lag(root: Path, **_) -> Scan:
 
 
 SCANNERS: dict[str, Callable[..., Scan]] = {
-    "rsna": scan_rsna, "vindr": scan_vindr, "brain_tumor": scan_brain_tumor, "lag": scan_lag,
+    "rsna": scan_rsna,
+    "vindr": scan_vindr,
+    "brain_tumor": scan_brain_tumor,
+    "lag": scan_lag,
 }
 
 
@@ -365,8 +388,10 @@ def _resize_to_8bit(arr: np.ndarray, size: int) -> np.ndarray:
     if (h, w) != (size, size):
         method = Image.Resampling.BOX if h >= size and w >= size else Image.Resampling.LANCZOS
         planes = [arr] if arr.ndim == 2 else [arr[..., c] for c in range(arr.shape[-1])]
-        planes = [np.asarray(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32)).resize((size, size), method))
-                  for p in planes]
+        planes = [
+            np.asarray(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32)).resize((size, size), method))
+            for p in planes
+        ]
         arr = planes[0] if arr.ndim == 2 else np.stack(planes, axis=-1)
     return np.clip(np.rint(np.asarray(arr, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
 
@@ -410,8 +435,10 @@ def _convert_all(jobs: list[tuple[Item, Path]], size: int, channels: int, worker
             else:
                 out[status] += 1
             if i % step == 0 or i == len(jobs):
-                log(f"  {i}/{len(jobs)} images ({out['converted']} converted, {out['done']} already done, "
-                    f"{len(out['unreadable'])} unreadable)")
+                log(
+                    f"  {i}/{len(jobs)} images ({out['converted']} converted, {out['done']} already done, "
+                    f"{len(out['unreadable'])} unreadable)"
+                )
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return out
@@ -446,8 +473,9 @@ def _draw(items, dst_of, sizes, anomaly_rate, seed, description, left_out, conve
         attempt += 1
         normals = [_entry(it, dst_of(it)) for it in items if it.label == 0 and it.source not in bad]
         abnormals = [_entry(it, dst_of(it)) for it in items if it.label == 1 and it.source not in bad]
-        d = build_split(normals, abnormals, **sizes, anomaly_rate=anomaly_rate, n_validation=0,
-                        seed=seed, description=description)
+        d = build_split(
+            normals, abnormals, **sizes, anomaly_rate=anomaly_rate, n_validation=0, seed=seed, description=description
+        )
         drawn = [by_dst[e["image"]] for name in ("normal", "unlabeled", "test") for e in d.get(name, [])]
         result = convert(drawn)
         if not result["unreadable"]:
@@ -461,8 +489,14 @@ def _from_reference(path, items, dst_of, n_unlabeled, anomaly_rate, resample_see
     """The reference split's lists, mapped to the source images (looked up by stem and label)."""
     fake_dir = Path(os.path.abspath(path)).parent / ".reference-names"
     try:
-        split = read_reference_split(path, fake_dir, resample_seed=resample_seed, check_files=False,
-                                     n_unlabeled=n_unlabeled, anomaly_rate=anomaly_rate)
+        split = read_reference_split(
+            path,
+            fake_dir,
+            resample_seed=resample_seed,
+            check_files=False,
+            n_unlabeled=n_unlabeled,
+            anomaly_rate=anomaly_rate,
+        )
     except SplitError as e:
         raise PreparationError(str(e)) from e
     index: dict[tuple, list[Item]] = {}
@@ -470,8 +504,7 @@ def _from_reference(path, items, dst_of, n_unlabeled, anomaly_rate, resample_see
     for it in items:
         index.setdefault((it.stem, it.label), []).append(it)
         by_stem.setdefault(it.stem, []).append(it)
-    sets = {"normal": split.normal + split.validation + split.dropped, "unlabeled": split.unlabeled,
-            "test": split.test}
+    sets = {"normal": split.normal + split.validation + split.dropped, "unlabeled": split.unlabeled, "test": split.test}
     out, problems, used = {}, [], []
     for name, entries in sets.items():
         out[name] = []
@@ -487,22 +520,27 @@ def _from_reference(path, items, dst_of, n_unlabeled, anomaly_rate, resample_see
                 out[name].append(entry)
                 used.append(found[0])
             elif len(found) > 1:
-                problems.append(f"{ref_name!r} ({name}) matches {len(found)} files: "
-                                + ", ".join(it.rel for it in found))
+                problems.append(
+                    f"{ref_name!r} ({name}) matches {len(found)} files: " + ", ".join(it.rel for it in found)
+                )
             elif found:
                 problems.append(f"{ref_name!r} ({name}) is listed in the label file but {found[0].rel} is missing")
             else:
                 other = by_stem.get(stem, [])
                 if other:
-                    what = ", ".join(f"{it.rel} (class {it.cls!r}, "
-                                     f"{'unused' if it.label is None else 'label ' + str(it.label)})" for it in other)
-                    problems.append(f"{ref_name!r} is label {label} in the reference ({name}) but here {what}"
-                                    + include_hint)
+                    what = ", ".join(
+                        f"{it.rel} (class {it.cls!r}, {'unused' if it.label is None else 'label ' + str(it.label)})"
+                        for it in other
+                    )
+                    problems.append(
+                        f"{ref_name!r} is label {label} in the reference ({name}) but here {what}" + include_hint
+                    )
                 else:
                     problems.append(f"{ref_name!r} ({name}) not found in the source")
     if problems:
-        raise PreparationError(f"reference split {path}: {len(problems)} listed image(s) cannot be used: "
-                               + some_of(problems, MAX_LISTED))
+        raise PreparationError(
+            f"reference split {path}: {len(problems)} listed image(s) cannot be used: " + some_of(problems, MAX_LISTED)
+        )
     for name in out:
         out[name].sort(key=lambda e: e["image"])
     meta = dict(split.meta)
@@ -513,11 +551,28 @@ def _from_reference(path, items, dst_of, n_unlabeled, anomaly_rate, resample_see
 # the whole preparation
 
 
-def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0.6, size: int = 256,
-            n_normal: int | None = None, n_unlabeled: int | None = None, n_test_normal: int | None = None,
-            n_test_abnormal: int | None = None, reference_split=None, resample_seed: int | None = None,
-            skip_unreadable: bool = False, include_pituitary: bool = False, rgb: bool = False,
-            labels=None, workers: int = 2, log: Callable[[str], None] | None = None, command: str | None = None) -> dict:
+def prepare(
+    dataset: str,
+    source,
+    out,
+    *,
+    seed: int = 0,
+    anomaly_rate: float = 0.6,
+    size: int = 256,
+    n_normal: int | None = None,
+    n_unlabeled: int | None = None,
+    n_test_normal: int | None = None,
+    n_test_abnormal: int | None = None,
+    reference_split=None,
+    resample_seed: int | None = None,
+    skip_unreadable: bool = False,
+    include_pituitary: bool = False,
+    rgb: bool = False,
+    labels=None,
+    workers: int = 2,
+    log: Callable[[str], None] | None = None,
+    command: str | None = None,
+) -> dict:
     """Prepare one data set (see the module doc); returns the report also written to
     ``<out>/prepare_report.json``. Raises :class:`PreparationError` or
     :class:`scripts.data.splits.SplitError` (too small pools, infeasible anomaly rate) when refusing."""
@@ -532,18 +587,27 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
         raise PreparationError("labels (--labels) applies to rsna and vindr only")
     if isinstance(size, bool) or not isinstance(size, int) or size < 8:
         raise PreparationError(f"size must be an integer >= 8, got {size!r}")
-    given = {k: v for k, v in dict(n_normal=n_normal, n_unlabeled=n_unlabeled, n_test_normal=n_test_normal,
-                                   n_test_abnormal=n_test_abnormal).items() if v is not None}
+    given = {
+        k: v
+        for k, v in dict(
+            n_normal=n_normal, n_unlabeled=n_unlabeled, n_test_normal=n_test_normal, n_test_abnormal=n_test_abnormal
+        ).items()
+        if v is not None
+    }
     if resample_seed is not None and reference_split is None:
         raise PreparationError("resample_seed (--resample-seed) needs a reference split (--reference-split)")
     if reference_split is not None:
         fixed = sorted(k for k in given if k != "n_unlabeled")
         if fixed:
-            raise PreparationError(f"{', '.join(fixed)} cannot be combined with a reference split: its lists fix "
-                                   "D_n and the test set (only n_unlabeled and anomaly_rate select its D_u)")
+            raise PreparationError(
+                f"{', '.join(fixed)} cannot be combined with a reference split: its lists fix "
+                "D_n and the test set (only n_unlabeled and anomaly_rate select its D_u)"
+            )
         if skip_unreadable:
-            raise PreparationError("skip_unreadable cannot be combined with a reference split: its lists are "
-                                   "taken as given, so every image it names must be readable")
+            raise PreparationError(
+                "skip_unreadable cannot be combined with a reference split: its lists are "
+                "taken as given, so every image it names must be readable"
+            )
     sizes = {**PAPER_SIZES[dataset], **given}
     channels = 3 if rgb else 1
     root = _source_root(source)
@@ -558,17 +622,39 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
     _clean_stale_temporaries(images)
 
     report = {
-        "dataset": dataset, "title": TITLES[dataset], "status": "running",
+        "dataset": dataset,
+        "title": TITLES[dataset],
+        "status": "running",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command or _api_command(dataset, source, out, locals_=dict(
-            seed=seed, anomaly_rate=anomaly_rate, size=size, **given, reference_split=reference_split,
-            resample_seed=resample_seed, skip_unreadable=skip_unreadable, include_pituitary=include_pituitary,
-            rgb=rgb, labels=labels)),
-        "source": str(root), "out": str(out), "seed": seed, "size": size, "channels": channels,
+        "command": command
+        or _api_command(
+            dataset,
+            source,
+            out,
+            locals_=dict(
+                seed=seed,
+                anomaly_rate=anomaly_rate,
+                size=size,
+                **given,
+                reference_split=reference_split,
+                resample_seed=resample_seed,
+                skip_unreadable=skip_unreadable,
+                include_pituitary=include_pituitary,
+                rgb=rgb,
+                labels=labels,
+            ),
+        ),
+        "source": str(root),
+        "out": str(out),
+        "seed": seed,
+        "size": size,
+        "channels": channels,
         "requested": {**sizes, "anomaly_rate": anomaly_rate},
         "labels_file": scan.notes.pop("labels_file", None),
         "reference_split": None if reference_split is None else os.path.abspath(reference_split),
-        "resample_seed": resample_seed, "labels": scan.description, "classes_found": scan.classes,
+        "resample_seed": resample_seed,
+        "labels": scan.description,
+        "classes_found": scan.classes,
         "source_notes": scan.notes,
     }
     stats = {"converted": 0, "done": 0}
@@ -589,26 +675,41 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
         listed = [f"{src}: {why}" for src, why in bad.items()]
         report.update(status="refused", unreadable=[{"source": str(k), "error": v} for k, v in bad.items()])
         _write_report(out, report, stats)
-        extra = ("" if reference_split is not None else
-                 "; rerun with --skip-unreadable to leave them out and draw again")
-        raise PreparationError(f"{len(bad)} image(s) could not be read (listed in {out / 'prepare_report.json'})"
-                               f"{extra}: " + some_of(listed, MAX_LISTED))
+        extra = "" if reference_split is not None else "; rerun with --skip-unreadable to leave them out and draw again"
+        raise PreparationError(
+            f"{len(bad)} image(s) could not be read (listed in {out / 'prepare_report.json'})"
+            f"{extra}: " + some_of(listed, MAX_LISTED)
+        )
 
-    generator = {"program": "scripts.tools.preparation", "dataset": dataset, "size": size, "channels": channels,
-                 "source": str(root)}
+    generator = {
+        "program": "scripts.tools.preparation",
+        "dataset": dataset,
+        "size": size,
+        "channels": channels,
+        "source": str(root),
+    }
     try:
         if reference_split is not None:
-            hint = ("; --include-pituitary makes pituitary abnormal"
-                    if dataset == "brain_tumor" and not include_pituitary else "")
-            sets, meta, used = _from_reference(reference_split, scan.items, dst_of,
-                                               sizes["n_unlabeled"], anomaly_rate, resample_seed, hint)
+            hint = (
+                "; --include-pituitary makes pituitary abnormal"
+                if dataset == "brain_tumor" and not include_pituitary
+                else ""
+            )
+            sets, meta, used = _from_reference(
+                reference_split, scan.items, dst_of, sizes["n_unlabeled"], anomaly_rate, resample_seed, hint
+            )
             result = convert(used)
             if result["unreadable"]:
                 refuse(result["unreadable"])
-            desc = (f"{TITLES[dataset]}: {scan.description}; lists of the reference split "
-                    f"{os.path.abspath(reference_split)}"
-                    + (f", resampled with seed {resample_seed}" if resample_seed is not None else
-                       f", D_u = first {sizes['n_unlabeled']} at anomaly rate {anomaly_rate}"))
+            desc = (
+                f"{TITLES[dataset]}: {scan.description}; lists of the reference split "
+                f"{os.path.abspath(reference_split)}"
+                + (
+                    f", resampled with seed {resample_seed}"
+                    if resample_seed is not None
+                    else f", D_u = first {sizes['n_unlabeled']} at anomaly rate {anomaly_rate}"
+                )
+            )
             d = {"format": FORMAT, "description": desc, "anomaly_rate": meta.get("anomaly_rate"), **sets}
             if resample_seed is not None:
                 d["seed"] = resample_seed
@@ -619,12 +720,23 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
             if missing and not skip_unreadable:
                 report.update(status="refused", missing=[it.rel for it in missing])
                 _write_report(out, report, stats)
-                raise PreparationError(f"{len(missing)} image(s) named in the label file are missing under {root}; "
-                                       "rerun with --skip-unreadable to leave them out: "
-                                       + some_of([it.rel for it in missing], MAX_LISTED))
-            desc = (f"{TITLES[dataset]}: {scan.description}; drawn by scripts.tools.preparation with seed {seed}")
-            d, n_pool_n, n_pool_a, attempts = _draw(scan.items, dst_of, sizes, anomaly_rate, seed, desc,
-                                                    {it.source for it in missing}, convert, skip_unreadable, refuse)
+                raise PreparationError(
+                    f"{len(missing)} image(s) named in the label file are missing under {root}; "
+                    "rerun with --skip-unreadable to leave them out: " + some_of([it.rel for it in missing], MAX_LISTED)
+                )
+            desc = f"{TITLES[dataset]}: {scan.description}; drawn by scripts.tools.preparation with seed {seed}"
+            d, n_pool_n, n_pool_a, attempts = _draw(
+                scan.items,
+                dst_of,
+                sizes,
+                anomaly_rate,
+                seed,
+                desc,
+                {it.source for it in missing},
+                convert,
+                skip_unreadable,
+                refuse,
+            )
             pools = {"normal": n_pool_n, "abnormal": n_pool_a, "draws": attempts}
             report["missing"] = [it.rel for it in missing]
     except (PreparationError, SplitError) as e:
@@ -639,12 +751,18 @@ def prepare(dataset: str, source, out, *, seed: int = 0, anomaly_rate: float = 0
     counts = {k: v for k, v in split.counts().items() if k != "validation"}
     counts["normal"] = len(d["normal"])
     report.update(
-        status="ok", split=str(split_path), pools=pools, counts=counts, anomaly_rate=split.anomaly_rate(),
+        status="ok",
+        split=str(split_path),
+        pools=pools,
+        counts=counts,
+        anomaly_rate=split.anomaly_rate(),
         validation=f"not in the file: load_split holds out {len(split.validation)} of the {len(d['normal'])} "
-                   f"D_n images (val_fraction 0.1, seed from the config)",
+        f"D_n images (val_fraction 0.1, seed from the config)",
         unreadable=[{"source": str(k), "error": v} for k, v in unreadable.items()],
-        train_command=(f"python -m ddad_bundle run training --split_file {split_path} --modality "
-                       f"{MODALITY[dataset]} --dataset {dataset}" + (" --channels 3" if channels == 3 else "")),
+        train_command=(
+            f"python -m ddad_bundle run training --split_file {split_path} --modality "
+            f"{MODALITY[dataset]} --dataset {dataset}" + (" --channels 3" if channels == 3 else "")
+        ),
     )
     _write_report(out, report, stats)
     log(f"wrote {split_path}: {counts}, anomaly rate {report['anomaly_rate']}")
@@ -660,8 +778,11 @@ def _api_command(dataset, source, out, locals_) -> str:
 
 
 def _write_report(out: Path, report: dict, stats: dict) -> None:
-    report["conversion"] = {"converted": stats["converted"], "already_done": stats["done"],
-                            "unreadable": len(report.get("unreadable") or [])}
+    report["conversion"] = {
+        "converted": stats["converted"],
+        "already_done": stats["done"],
+        "unreadable": len(report.get("unreadable") or []),
+    }
     write_json_atomic(report, out / "prepare_report.json", indent=1, default=str)
 
 
@@ -679,36 +800,58 @@ def _non_negative(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m scripts.tools.preparation",
-        description="Convert a public data set to 8-bit PNGs and a ddad-split/1 split file (run from ddad_bundle/).")
+        description="Convert a public data set to 8-bit PNGs and a ddad-split/1 split file (run from ddad_bundle/).",
+    )
     sub = parser.add_subparsers(dest="dataset", required=True, metavar="dataset")
-    helps = {"rsna": "RSNA Pneumonia Detection Challenge (stage_2_train_images/, stage_2_detailed_class_info.csv)",
-             "vindr": "VinDr-CXR (train/*.dicom, train.csv)",
-             "brain_tumor": "Brain Tumor MRI Dataset (Training/, Testing/ with class folders)",
-             "lag": "LAG glaucoma fundus (non_glaucoma/, glaucoma/)"}
+    helps = {
+        "rsna": "RSNA Pneumonia Detection Challenge (stage_2_train_images/, stage_2_detailed_class_info.csv)",
+        "vindr": "VinDr-CXR (train/*.dicom, train.csv)",
+        "brain_tumor": "Brain Tumor MRI Dataset (Training/, Testing/ with class folders)",
+        "lag": "LAG glaucoma fundus (non_glaucoma/, glaucoma/)",
+    }
     for name in DATASETS:
         p = sub.add_parser(name, help=helps[name], description=helps[name])
         paper = PAPER_SIZES[name]
         p.add_argument("--source", required=True, help="the downloaded, unzipped data set folder")
         p.add_argument("--out", required=True, help="output folder (images/, split.json, prepare_report.json)")
         p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
-        p.add_argument("--anomaly-rate", type=float, default=0.6, help="fraction of abnormal images in D_u (default 0.6)")
+        p.add_argument(
+            "--anomaly-rate", type=float, default=0.6, help="fraction of abnormal images in D_u (default 0.6)"
+        )
         p.add_argument("--size", type=int, default=256, help="PNG side in pixels (default 256)")
         for key in SIZE_KEYS:
-            p.add_argument("--" + key.replace("_", "-"), type=_non_negative, default=None,
-                           help=f"default {paper[key]} (the paper's)")
-        p.add_argument("--reference-split", default=None,
-                       help="the reference implementation's data.json: take its lists instead of drawing")
-        p.add_argument("--resample-seed", type=int, default=None,
-                       help="with --reference-split: pool its images and redraw sets of the same sizes")
-        p.add_argument("--skip-unreadable", action="store_true",
-                       help="leave unreadable or missing images out (listed in prepare_report.json) instead of stopping")
+            p.add_argument(
+                "--" + key.replace("_", "-"),
+                type=_non_negative,
+                default=None,
+                help=f"default {paper[key]} (the paper's)",
+            )
+        p.add_argument(
+            "--reference-split",
+            default=None,
+            help="the reference implementation's data.json: take its lists instead of drawing",
+        )
+        p.add_argument(
+            "--resample-seed",
+            type=int,
+            default=None,
+            help="with --reference-split: pool its images and redraw sets of the same sizes",
+        )
+        p.add_argument(
+            "--skip-unreadable",
+            action="store_true",
+            help="leave unreadable or missing images out (listed in prepare_report.json) instead of stopping",
+        )
         p.add_argument("--workers", type=int, default=2, help="conversion threads (default 2)")
         p.add_argument("--quiet", action="store_true", help="print errors only")
         if name == "brain_tumor":
             p.add_argument("--include-pituitary", action="store_true", help="count pituitary tumours as abnormal")
         if name in ("rsna", "vindr"):
-            p.add_argument("--labels", default=None,
-                           help=f"the label CSV, when not {RSNA_CSV if name == 'rsna' else VINDR_CSV} in --source")
+            p.add_argument(
+                "--labels",
+                default=None,
+                help=f"the label CSV, when not {RSNA_CSV if name == 'rsna' else VINDR_CSV} in --source",
+            )
         if name == "lag":
             p.add_argument("--rgb", action="store_true", help="keep RGB PNGs (default: grayscale luminance)")
     return parser
@@ -719,12 +862,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log = (lambda msg: None) if args.quiet else None
     try:
-        prepare(args.dataset, args.source, args.out, seed=args.seed, anomaly_rate=args.anomaly_rate,
-                size=args.size, **{k: getattr(args, k) for k in SIZE_KEYS},
-                reference_split=args.reference_split, resample_seed=args.resample_seed,
-                skip_unreadable=args.skip_unreadable, include_pituitary=getattr(args, "include_pituitary", False),
-                rgb=getattr(args, "rgb", False), labels=getattr(args, "labels", None), workers=args.workers, log=log,
-                command="python -m scripts.tools.preparation " + " ".join(shlex.quote(a) for a in argv))
+        prepare(
+            args.dataset,
+            args.source,
+            args.out,
+            seed=args.seed,
+            anomaly_rate=args.anomaly_rate,
+            size=args.size,
+            **{k: getattr(args, k) for k in SIZE_KEYS},
+            reference_split=args.reference_split,
+            resample_seed=args.resample_seed,
+            skip_unreadable=args.skip_unreadable,
+            include_pituitary=getattr(args, "include_pituitary", False),
+            rgb=getattr(args, "rgb", False),
+            labels=getattr(args, "labels", None),
+            workers=args.workers,
+            log=log,
+            command="python -m scripts.tools.preparation " + " ".join(shlex.quote(a) for a in argv),
+        )
     except (PreparationError, SplitError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

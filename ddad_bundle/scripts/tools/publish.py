@@ -22,7 +22,9 @@ from ..scoring.scores import ALL_SCORES
 
 def eval_metric_entries(metrics: dict, name: str, scores: Optional[Sequence[str]] = None) -> dict:
     """``{<name>_<score>_image_auc: auc}`` of a ``metrics.json`` content, AUCs rounded to 3 digits."""
-    chosen = list(scores) if scores else [s for s, entry in metrics.items() if isinstance(entry, dict) and "auc" in entry]
+    chosen = (
+        list(scores) if scores else [s for s, entry in metrics.items() if isinstance(entry, dict) and "auc" in entry]
+    )
     missing = [s for s in chosen if s not in metrics or "auc" not in metrics[s]]
     if missing:
         raise KeyError(f"metrics.json has no auc for {', '.join(missing)} (it has {', '.join(metrics)})")
