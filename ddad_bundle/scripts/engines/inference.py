@@ -39,6 +39,7 @@ from ..scoring.metrics import threshold_at_specificity
 from ..scoring.pipeline import DDADPipeline
 from ..runtime.files import write_csv_atomic, write_json_atomic
 from ..scoring.scores import image_scores
+from .refinement import REFINER_SCORES
 from ..data.readers import (
     SUPPORTED_EXTENSIONS,
     ImageLoadError,
@@ -91,7 +92,7 @@ def load_selection(ckpt_dir) -> Optional[dict]:
 
 def refiner_reliable(selection: Optional[dict], score: str) -> bool:
     """Whether stage 2 marked the refiner behind ``score`` (R_dual, R_intra) as reliable."""
-    refiner = {"R_dual": "dual", "R_intra": "intra"}.get(score)
+    refiner = {score_name: refiner for refiner, score_name in REFINER_SCORES.items()}.get(score)
     entry = ((selection or {}).get("refiners") or {}).get(refiner) or {}
     return bool(entry.get("reliable", False))
 

@@ -454,15 +454,17 @@ class RefinerSelection:
 
     # ------------------------------------------------------------------ every val_every epochs
     def _measure(self, engine: Engine, name: str, refiner: nn.Module) -> tuple[dict, np.ndarray]:
-        maps = self._maps
-        scores = refined_scores(refiner, maps, name, engine.scales).cpu().numpy()
-        n = len(scores) // 2
+        # One refiner pass gives the loss, the pixel probabilities and the image scores
+        # (the same mean anomaly probability as refined_scores).
         with torch.no_grad():
             refiner.eval()
-            x = refiner_input(maps, name, engine.scales)
+            x = refiner_input(self._maps, name, engine.scales)
             logits = torch.cat([refiner(x[s : s + 64]) for s in range(0, len(x), 64)]).float()
             loss = float(engine.loss(logits, as_target(self.labels, engine.target).to(logits.device)))
-            prob = torch.softmax(logits, 1)[n:, 1].flatten().cpu().numpy()
+            probabilities = torch.softmax(logits, 1)[:, 1]
+        scores = probabilities.flatten(1).mean(1).cpu().numpy()
+        n = len(scores) // 2
+        prob = probabilities[n:].flatten().cpu().numpy()
         mask = self.labels[n:].flatten().numpy() > 0.5
         measures = {
             "val_auc": float(roc_auc_score(self.image_labels.numpy(), scores)),
