@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; bad input ends with one clear line on stderr and exit status 2."""
     try:
         return dispatch(argv)
-    except (ValueError, KeyError, FileNotFoundError, NotADirectoryError) as error:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -132,7 +132,7 @@ def deployed(cxr_run, model_ts, tmp_path_factory):
     python = {
         os.path.relpath(r["file"], inputs): r for r in json.loads((python_out / "summary.json").read_text())["files"]
     }
-    results = {os.path.relpath(r["file"], inputs): r for r in json.loads((out / "results.json").read_text())["files"]}
+    results = {os.path.relpath(r["file"], inputs): r for r in json.loads((out / "summary.json").read_text())["files"]}
     return inputs, out, sources, results, python
 
 
@@ -146,8 +146,9 @@ def test_every_cr_dx_and_png_is_scored_like_the_python_pipeline(deployed):
         assert row["score"] == pytest.approx(python[name]["score"], abs=1e-5), name
         assert row["threshold"] == pytest.approx(python[name]["threshold"], rel=1e-6)
         assert row["label"] == python[name]["label"] == ("abnormal" if row["score"] > row["threshold"] else "normal")
-        per_image = json.loads((out / row["result_json"]).read_text())
-        assert per_image["score"] == row["score"] and per_image["label"] == row["label"]
+        # one naming of outputs: the Deploy app writes what `score` writes, under the same names
+        assert row["name"] == python[name]["name"] and row["map_file"] == python[name]["map_file"]
+        assert (out / row["map_file"]).is_file() and (out / row["overlay_file"]).is_file()
     # the extension-less instance is found by its content and scored like its twin
     assert results["IM0001"]["status"] == "ok"
     assert results["IM0001"]["score"] == pytest.approx(results["study/dx.dcm"]["score"], abs=1e-6)
@@ -160,9 +161,9 @@ def test_other_modalities_are_reported_not_scored(deployed):
     _, out, _, results, _ = deployed
     row = results["mr.dcm"]
     assert row["status"] == "skipped" and "'MR'" in row["reason"]
-    assert not (out / "mr.json").exists() and not (out / "mr_heatmap.dcm").exists()
-    summary = json.loads((out / "results.json").read_text())
-    assert summary["n_files"] == 5 and summary["n_scored"] == 4 and summary["n_not_scored"] == 1
+    assert not (out / "mr_overlay.png").exists() and not (out / "mr_overlay.dcm").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_files"] == 5 and summary["n_scored"] == 4 and summary["n_skipped"] == 1
 
 
 @pytest.mark.slow
@@ -170,7 +171,7 @@ def test_secondary_capture_carries_the_identifiers_and_nothing_else(deployed):
     inputs, out, sources, results, _ = deployed
     for name in ("cr_mono1.dcm", "study/dx.dcm", "IM0001"):
         source, row = sources[name], results[name]
-        sc = pydicom.dcmread(str(out / row["heatmap_dicom"]))
+        sc = pydicom.dcmread(str(out / row["overlay_dicom"]))
         assert sc.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
         assert sc.PatientID == source.PatientID and sc.StudyInstanceUID == source.StudyInstanceUID
         assert sc.SeriesInstanceUID != source.SeriesInstanceUID and sc.SOPInstanceUID != source.SOPInstanceUID
@@ -181,11 +182,11 @@ def test_secondary_capture_carries_the_identifiers_and_nothing_else(deployed):
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
         pixels = sc.pixel_array
         assert pixels.shape == (source.Rows, source.Columns, 3) and pixels.dtype == np.uint8
-        png = Image.open(out / row["heatmap_png"])
+        png = Image.open(out / row["overlay_file"])
         assert png.size == (source.Columns, source.Rows) and png.mode == "RGB"
         assert np.array_equal(np.asarray(png), pixels)  # the SC shows the PNG's heat map
     # a PNG input has no study to file a DICOM object in
-    assert "heatmap_dicom" not in results["normal.png"] and (out / results["normal.png"]["heatmap_png"]).is_file()
+    assert "overlay_dicom" not in results["normal.png"] and (out / results["normal.png"]["overlay_file"]).is_file()
 
 
 def test_secondary_capture_refuses_a_source_without_patient_id(tmp_path):

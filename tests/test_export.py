@@ -2,6 +2,7 @@
 
 import json
 
+import nibabel as nib
 import pytest
 import torch
 
@@ -31,7 +32,9 @@ def test_model_ts_gives_the_python_pipeline_maps(cxr_run, exported):
     # deploy_score auto: the score threshold.json chose, with the reason for the choice
     score = json.loads((output_dir / "models" / "threshold.json").read_text())["score"]
     assert metadata["ddad"]["score"] == score and "threshold" in metadata["ddad"] and metadata["ddad"]["reason"]
-    assert json.loads(extra["inference.json"])["scorer"]["_target_"] == "scripts.engines.inference.FolderScorer"
+    embedded = json.loads(extra["inference.json"])
+    assert embedded["evaluator"]["_target_"] == "SupervisedEvaluator"
+    assert embedded["network"]["_target_"] == "scripts.scoring.pipeline.DeployedPipeline"
 
     ckpt_dir = output_dir / "models"
     pipeline = load_pipeline(lambda: build_backbone("ae", 1, 32, 16), ckpt_dir, 3, has_trained_udm(ckpt_dir), False)
@@ -123,21 +126,26 @@ def test_exported_model_passes_verify_net_in_out_and_its_config_scores_like_the_
         model_ts=str(model_ts),
     )
 
-    # the embedded config's postprocessing: score = spatial mean of pred, label from the threshold
-    parser = ConfigParser(config)
-    preprocessing = parser.get_parsed_content("array_preprocessing")
-    postprocessing = parser.get_parsed_content("postprocessing")
+    # the embedded config's evaluator, run as a deployment runs it (network = model.ts): score = spatial
+    # mean of pred at the model's resolution, label from the threshold, the map at the input's resolution
     data = json.loads((runs_dir / "data" / "cxr_phantom" / "split.json").read_text())
+    source = runs_dir / "data" / "cxr_phantom" / data["test"][0]["image"]
+    parser = ConfigParser(config)
+    parser["network"], parser["device"] = scripted, torch.device("cpu")
+    parser["input_paths"], parser["inference_dir"] = [str(source)], str(tmp_path / "deployed")
+    evaluator = parser.get_parsed_content("evaluator", lazy=False)
+    evaluator.run()
+    row = evaluator.state.inference_summary["files"][0]
     from scripts.data.readers import load_image
 
-    image = load_image(str(runs_dir / "data" / "cxr_phantom" / data["test"][0]["image"]))
-    prepared = preprocessing({"image": image})["image"]
+    image = load_image(str(source))
+    prepared = parser.get_parsed_content("preprocessing")({"image": str(source)})["image"]
     with torch.no_grad():
         pred = scripted(prepared[None].float())[0]
-    out = postprocessing({"pred": pred, "image": prepared})
-    assert out["score"] == pytest.approx(float(pred.mean()), abs=1e-6)
-    assert out["label"] == ("abnormal" if out["score"] > threshold["threshold"] else "normal")
-    assert tuple(out["pred"].shape[1:]) == tuple(image.shape[1:])  # back at the input's resolution
+    assert row["status"] == "ok" and row["score"] == pytest.approx(float(pred.mean()), abs=1e-6)
+    assert row["label"] == ("abnormal" if row["score"] > threshold["threshold"] else "normal")
+    written = nib.load(str(tmp_path / "deployed" / row["map_file"])).get_fdata()
+    assert written.shape == tuple(image.shape[1:])[::-1]  # back at the input's resolution (NIfTI: x, y)
 
 
 @pytest.mark.slow

@@ -150,7 +150,7 @@ def test_another_score_can_be_deployed_with_its_own_validation_threshold(cxr_run
     with open(output_dir / "eval" / "scores.csv") as f:
         evaluated = next(r for r in csv.DictReader(f) if r["image"].endswith(entry["image"].split("/")[-1]))
     assert summary["files"][0]["score"] == pytest.approx(float(evaluated["A_inter"]), rel=1e-4, abs=1e-6)
-    assert cli_main(args + ["--deploy_score", "A_total"]) == 2
+    assert cli_main(args + ["--deploy_score", "A_total", "--overwrite", "true"]) == 2
     assert "deploy_score 'A_total'" in capsys.readouterr().err
 
 

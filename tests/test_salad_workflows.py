@@ -190,6 +190,42 @@ def test_export_reproduces_the_python_scores(salad_run):
         assert torch.allclose(exported(x)[:, 0], pipeline(x)["A_knn"], atol=1e-5)
 
 
+@pytest.mark.slow
+def test_deploy_app_runs_a_salad_model_like_the_score_command(salad_run, tmp_path):
+    """The MONAI Deploy application on SALAD's model.ts: the same scores and labels as
+    ``score --method salad``, the same output names, and no map (A_knn is image-level)."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("monai.deploy", reason="the deploy extra (monai-deploy-app-sdk) is not installed")
+    from conftest import REPO_ROOT
+
+    runs, run = salad_run
+    run_workflow("exporting", overrides(runs), method="salad")
+    split = load_split(next((run.parent / "data").rglob("split.json")))
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    for k, entry in enumerate(split.test[:2]):
+        Image.open(entry["image"]).save(inputs / ("sub" if k else ".") / f"case{k}.png")
+    out = tmp_path / "deployed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", DDAD_DEVICE="cpu", PYTHONPATH=str(REPO_ROOT))
+    command = [sys.executable, "-m", "ddad_bundle.deploy", "-i", str(inputs), "-o", str(out), "-m", str(run / "models")]
+    proc = subprocess.run(command, cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    scored = tmp_path / "scored"
+    args = ["score", str(inputs), "--out", str(scored), "--method", "salad", "--runs_dir", str(runs)]
+    assert cli_main(args + ["--image_size", "32", "--salad_k", "20"]) == 0
+    deployed = {r["name"]: r for r in json.loads((out / "summary.json").read_text())["files"]}
+    python = {r["name"]: r for r in json.loads((scored / "summary.json").read_text())["files"]}
+    assert set(deployed) == set(python) == {"case0", "sub__case1"}
+    for name, row in deployed.items():
+        assert row["status"] == "ok" and row["score_name"] == "A_knn"
+        assert row["score"] == pytest.approx(python[name]["score"], abs=1e-5) and row["label"] == python[name]["label"]
+    assert json.loads((out / "summary.json").read_text())["map"].startswith("none")
+    assert not list(out.glob("*_overlay.png")) and not list(out.glob("*_map.nii.gz"))
+
+
 def test_salad_configs_stack_on_common_and_reject_a_mistyped_key(tmp_path):
     from monai.bundle import ConfigParser
 

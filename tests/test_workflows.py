@@ -25,15 +25,13 @@ ABSENT = {
     # stage 1 steps each member on its own batch with its objective: there is no inferer
     "training": ["train_inferer"],
     "training_asr": ["train_inferer"],
-    # new images are scored by scripts.engines.inference.FolderScorer, not by a MONAI evaluator
-    # over a dataset; the key `dataset` names the data set the model was trained on
-    "inferring": ["dataset", "evaluator", "inferer"],
-    "exporting": ["dataset", "evaluator", "inferer"],
 }
 # Model-zoo properties a workflow holds under another key (documented aliases), and why.
 ALIASES = {
     # the key `dataset` names the data set (phantom, folder, rsna, ...) in every config
     "evaluating": {"dataset": "test#dataset", "dataset_data": "test#entries"},
+    "inferring": {"dataset": "inference#dataset", "dataset_data": "inference#entries"},
+    "exporting": {"dataset": "inference#dataset", "dataset_data": "inference#entries"},
 }
 STAGE1 = {
     k: v for k, v in TINY_RUN.items() if k.startswith("phantom#") or k in ("image_size", "batch_size", "progress_bar")
@@ -123,13 +121,20 @@ def test_evaluating_has_the_model_zoo_infer_properties(cxr_run):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("workflow", ["inferring", "exporting"])
-def test_inference_workflows_have_the_model_zoo_infer_properties(cxr_run, workflow):
+def test_inference_workflows_have_the_model_zoo_infer_properties(cxr_run, workflow, tmp_path):
+    from monai.engines import SupervisedEvaluator
     from monai.transforms import Compose, Invertd
+    from scripts.scoring.pipeline import DeployedPipeline
 
     runs_dir, _ = cxr_run
-    flow = build(workflow, "infer", runs_dir=str(runs_dir), image_size=32)
+    image = sorted((runs_dir / "data" / "cxr_phantom" / "images").iterdir())[0]
+    flow = build(workflow, "infer", runs_dir=str(runs_dir), image_size=32, input_paths=[str(image)],
+                 inference_dir=str(tmp_path / "scored"))  # fmt: skip
     assert flow.check_properties() == []
     assert flow.dataset_dir == str(runs_dir / "data" / "cxr_phantom")
     assert isinstance(flow.postprocessing, Compose)
     assert any(isinstance(t, Invertd) for t in flow.postprocessing.transforms)
     assert callable(flow.network_def) and flow.preprocessing is not None
+    # the model-zoo inference idiom: the evaluator runs the deployed network over the dataset
+    assert isinstance(flow.evaluator, SupervisedEvaluator) and isinstance(flow.evaluator.network, DeployedPipeline)
+    assert flow.evaluator.data_loader.dataset is flow.dataset and len(flow.dataset) == 1

@@ -36,7 +36,7 @@ logger = logging.getLogger("ddad.deploy")
 
 
 class DDADDeployApp(Application):
-    """Scores a folder of DICOM CR/DX instances or PNG/JPEG images with the exported DDAD pipeline."""
+    """Scores a folder of DICOM CR/DX instances or PNG/JPEG images with an exported model (DDAD or SALAD)."""
 
     name = "ddad_anomaly_detection"
     description = "DDAD anomaly scores, labels and heat maps (JSON, DICOM Secondary Capture, PNG) for CR/DX images"
@@ -47,7 +47,9 @@ class DDADDeployApp(Application):
         input_path, output_path = Path(app_context.input_path), Path(app_context.output_path)
         logger.info("input %s, output %s, model %s", input_path, output_path, app_context.model_path)
         loader = ImageFolderLoaderOperator(self, CountCondition(self, 1), folder=input_path, name="loader")
-        scorer = BundleInferenceOperator(self, app_context=app_context, name="ddad_inference")
+        scorer = BundleInferenceOperator(
+            self, app_context=app_context, input_root=input_path, output_dir=output_path, name="ddad_inference"
+        )
         writer = ResultWriterOperator(self, folder=output_path, name="writer")
         self.add_flow(loader, scorer, {("items", "items")})
         self.add_flow(scorer, writer, {("results", "results")})

@@ -9,22 +9,24 @@ write the results.
     identifiers; pixels are decoded later, by the bundle's own loader.
 ``BundleInferenceOperator`` (input ``items``, output ``results``)
     Loads ``model.ts`` and parses the inference config embedded in it (the run's effective
-    config, see ``scripts.deployment.export``) with the SDK's ``get_bundle_config``. Each image is read by the
-    loader of the config's ``preprocessing`` (``scripts.data.readers.LoadMedicalImage``: rescale,
-    VOI window, MONOCHROME1 inversion, exactly as in training), transformed by
-    ``array_preprocessing`` (the rest of that chain), scored by the TorchScript pipeline and
-    passed through ``postprocessing``: image score = spatial mean of ``pred``, label from the
-    stored threshold, and ``pred`` inverted back to the input's resolution.
+    config, see ``scripts.deployment.export``) with the SDK's ``get_bundle_config``, sets its
+    ``network`` to ``model.ts`` and its inputs to the kept files, and runs the config's
+    ``evaluator``: the bundle's inference workflow itself (``configs/inference.json``), with the
+    training loader and transforms (VOI window, MONOCHROME1 inversion, resize, scaling), the
+    image score and label of its ``postprocessing`` and its writer. Either method's
+    ``model.ts`` runs: DDAD's (a map) and SALAD's (an image-level score, no map).
 ``ResultWriterOperator`` (input ``results``)
-    Per image: ``<name>.json`` (score, label, threshold), ``<name>_heatmap.png`` (the map over
-    the image) and, for DICOM inputs, ``<name>_heatmap.dcm`` (a Secondary Capture, see
-    ``dicom_sc``); for the run: ``results.json``.
+    The scoring writer has written, per input, ``<name>_map.nii.gz`` and ``<name>_overlay.png``
+    (where the model gives a map) and, for the run, ``scores.csv`` and ``summary.json``, the same
+    names as ``python -m ddad_bundle score``. This operator adds, for DICOM inputs with an overlay,
+    ``<name>_overlay.dcm`` (a Secondary Capture, see ``dicom_sc``), and lists the skipped inputs in
+    the summary.
 
 Why not the SDK's ``MonaiBundleInferenceOperator``: it receives images from the SDK's DICOM
 series-to-volume path, which does not apply the VOI window and MONOCHROME1 handling the model
 was trained with, and it emits only the ``network_data_format`` outputs, so the score and label
 that the postprocessing computes would be dropped. This operator uses the same bundle parts
-(``model.ts``, its embedded config, ``preprocessing``/``postprocessing``) without those limits.
+(``model.ts``, its embedded config) without those limits.
 
 Device: ``DDAD_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``) if set, else the config's ``device``
 (CUDA when available).
@@ -32,7 +34,6 @@ Device: ``DDAD_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``) if set, else the config'
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -141,14 +142,13 @@ def resolve_model_path(model_path) -> Path:
 
 
 class BundleScorer:
-    """``model.ts`` + its embedded inference config, scoring one file at a time.
+    """``model.ts`` + its embedded inference config: scores a list of files with the config's evaluator.
 
     Kept apart from the operator so that it is plain Python: the operator is a thin wrapper.
     """
 
     def __init__(self, model_path, device=None):
         from monai.deploy.operators.monai_bundle_inference_operator import get_bundle_config
-        from scripts.data.readers import LoadMedicalImaged
 
         self.model_path = resolve_model_path(model_path)
         try:
@@ -158,7 +158,7 @@ class BundleScorer:
                 f"{self.model_path}: no embedded inference config (extra/inference.json); "
                 f"re-export it with `python -m ddad_bundle export` ({error})"
             ) from error
-        for key in ("preprocessing", "array_preprocessing", "postprocessing", "decision_threshold", "deploy_score"):
+        for key in ("evaluator", "postprocessing", "decision_threshold", "deployed_score"):
             if self.parser.get(key) is None:
                 raise KeyError(
                     f"{self.model_path}: the embedded inference config has no {key!r}; "
@@ -167,44 +167,31 @@ class BundleScorer:
         requested = device or os.environ.get("DDAD_DEVICE")
         self.device = torch.device(requested) if requested else self.parser.get_parsed_content("device")
         self.network = load_for_inference(self.model_path, self.device)
-        preprocessing = self.parser.get_parsed_content("preprocessing")
-        loaders = [t for t in preprocessing.transforms if isinstance(t, LoadMedicalImaged)]
-        if not loaders:
-            raise ValueError(f"{self.model_path}: the embedded 'preprocessing' has no LoadMedicalImaged loader")
-        self.loader = loaders[0]  # the training loader with the run's settings
-        self.array_chain = self.parser.get_parsed_content("array_preprocessing")
-        self.postprocessing = self.parser.get_parsed_content("postprocessing")
         self.threshold = float(self.parser.get_parsed_content("decision_threshold"))
-        self.score_name = str(self.parser.get_parsed_content("deploy_score"))
+        self.score_name = str(self.parser.get_parsed_content("deployed_score"))
         logger.info(
             "loaded %s (%s, threshold %.6g) on %s", self.model_path, self.score_name, self.threshold, self.device
         )
 
-    @torch.no_grad()
-    def score(self, path) -> dict:
-        """{"score", "label", "map" (H, W) at the input's resolution, "image" (H, W) for display}."""
-        raw = self.loader({"image": str(path)})["image"]
-        data = self.array_chain({"image": raw})
-        pred = self.network(data["image"][None].float().to(self.device))[0].cpu()
-        out = self.postprocessing({"pred": pred, "image": data["image"]})
-        anomaly_map = np.asarray(torch.as_tensor(out["pred"]).float()[0])
-        if anomaly_map.shape != tuple(raw.shape[1:]):
-            raise RuntimeError(f"{path}: the map came back as {anomaly_map.shape}, the image is {tuple(raw.shape[1:])}")
-        return {
-            "score": float(out["score"]),
-            "label": str(out["label"]),
-            "map": anomaly_map,
-            "image": np.asarray(raw).mean(axis=0),
-        }
+    def run(self, files: list, input_root, output_dir) -> dict:
+        """Score ``files`` (output names relative to ``input_root``) into ``output_dir``; the summary."""
+        self.parser["network"] = self.network  # model.ts in place of the trained run's modules
+        self.parser["device"] = self.device
+        self.parser["input_paths"] = [str(f) for f in files]
+        self.parser["input_root"] = str(input_root)
+        self.parser["inference_dir"] = str(output_dir)
+        evaluator = self.parser.get_parsed_content("evaluator", lazy=False)
+        evaluator.run()
+        return evaluator.state.inference_summary
 
 
 class BundleInferenceOperator(Operator):
     """Scores every ``ok`` item with ``model.ts`` (see the module docstring); emits ``results``."""
 
-    def __init__(self, fragment: Fragment, *args, app_context, model_path=None, **kwargs):
+    def __init__(self, fragment: Fragment, *args, app_context, input_root, output_dir, model_path=None, **kwargs):
         self.app_context = app_context
         self.model_path = model_path
-        self._scorer: BundleScorer | None = None
+        self.input_root, self.output_dir = Path(input_root), Path(output_dir)
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec):
@@ -217,95 +204,45 @@ class BundleInferenceOperator(Operator):
 
     def compute(self, op_input, op_output, context):
         items = op_input.receive("items")
-        if self._scorer is None:
-            self._scorer = BundleScorer(self._model_file())
-        results = []
-        for item in items:
-            row = dict(item, score_name=self._scorer.score_name, threshold=self._scorer.threshold)
-            if item["status"] == "ok":
-                try:
-                    row.update(self._scorer.score(item["path"]))
-                except (ValueError, OSError, RuntimeError) as error:  # ImageLoadError is a ValueError
-                    logger.error("%s: not scored: %s", item["path"], error)
-                    row.update(status="error", reason=str(error))
-            results.append(row)
-        op_output.emit(results, "results")
+        root = self.input_root if self.input_root.is_dir() else self.input_root.parent
+        scorer = BundleScorer(self._model_file())
+        kept = [Path(item["path"]) for item in items if item["status"] == "ok"]
+        summary = scorer.run(kept, root, self.output_dir) if kept else None
+        op_output.emit({"items": items, "summary": summary, "score_name": scorer.score_name}, "results")
 
 
-def unique_stem(path: Path, taken: set) -> str:
-    stem = path.name
-    for suffix in (".dcm", ".dicom", ".png", ".jpg", ".jpeg"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    candidate, k = stem, 2
-    while candidate in taken:
-        candidate, k = f"{stem}_{k}", k + 1
-    taken.add(candidate)
-    return candidate
-
-
-def write_results(results: list[dict], output_dir) -> dict:
-    """Write each result's JSON, PNG and (DICOM inputs) Secondary Capture, then ``results.json``."""
+def write_results(results: dict, output_dir) -> dict:
+    """The Secondary Captures of the DICOM inputs with an overlay, then ``summary.json`` and
+    ``scores.csv`` with the skipped inputs listed beside the scored ones."""
     from PIL import Image
     from pydicom.uid import generate_uid
-    from scripts.engines.inference import heat_overlay
+    from scripts.handlers.inference_writer import write_tables
 
     from .dicom_sc import write_secondary_capture
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    summary = results["summary"] or {"score_name": results["score_name"], "files": []}
+    datasets = {item["path"]: item["dataset"] for item in results["items"] if item["dataset"] is not None}
     series_uids: dict = {}  # one derived series per study and run: a series never spans two studies
-    rows, taken = [], set()
-    for result in results:
-        stem = unique_stem(Path(result["path"]), taken)
-        row = {"file": result["path"], "kind": result["kind"], "status": result["status"]}
-        if result["status"] != "ok":
-            row["reason"] = result["reason"]
-            rows.append(row)
-            continue
-        row.update(
-            score_name=result["score_name"], score=result["score"], threshold=result["threshold"], label=result["label"]
-        )
-        rgb = heat_overlay(result["image"], result["map"])
-        Image.fromarray(rgb).save(output_dir / f"{stem}_heatmap.png")
-        row["heatmap_png"] = f"{stem}_heatmap.png"
-        if result["dataset"] is not None:
-            study = str(result["dataset"].get("StudyInstanceUID", ""))
+    rows = []
+    for row in summary["files"]:
+        source = datasets.get(row["file"])
+        if row["status"] == "ok" and source is not None and row.get("overlay_file"):
+            study = str(source.get("StudyInstanceUID", ""))
             series_uid, count = series_uids.get(study, (generate_uid(), 0))
             series_uids[study] = (series_uid, count + 1)
-            write_secondary_capture(
-                result["dataset"],
-                rgb,
-                output_dir / f"{stem}_heatmap.dcm",
-                result["score_name"],
-                result["score"],
-                result["threshold"],
-                result["label"],
-                series_uid,
-                count + 1,
-            )
-            row["heatmap_dicom"] = f"{stem}_heatmap.dcm"
-            row["sop_instance_uid"] = str(result["dataset"].get("SOPInstanceUID", ""))
-        (output_dir / f"{stem}.json").write_text(json.dumps(row, indent=2) + "\n")
-        row["result_json"] = f"{stem}.json"
+            rgb = np.asarray(Image.open(output_dir / row["overlay_file"]).convert("RGB"))
+            name = f"{row['name']}_overlay.dcm"
+            write_secondary_capture(source, rgb, output_dir / name, row["score_name"], row["score"],
+                                    row["threshold"], row["label"], series_uid, count + 1)  # fmt: skip
+            row = dict(row, overlay_dicom=name, sop_instance_uid=str(source.get("SOPInstanceUID", "")))
         rows.append(row)
-    summary = {
-        "n_files": len(rows),
-        "n_scored": sum(r["status"] == "ok" for r in rows),
-        "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
-        "n_not_scored": sum(r["status"] != "ok" for r in rows),
-        "files": rows,
-    }
-    (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    logger.info(
-        "scored %d of %d files (%d abnormal); results in %s",
-        summary["n_scored"],
-        summary["n_files"],
-        summary["n_abnormal"],
-        output_dir,
-    )
-    return summary
+    for item in results["items"]:
+        if item["status"] != "ok":
+            rows.append({"file": item["path"], "status": "skipped", "kind": item["kind"], "reason": item["reason"]})
+    header = {k: v for k, v in summary.items() if k != "files" and not k.startswith("n_")}
+    return write_tables(rows, header, output_dir)
 
 
 class ResultWriterOperator(_FolderOperator):

@@ -1,27 +1,31 @@
 """Export a trained run as one TorchScript file for deployment (MONAI Deploy loads ``model.ts``).
 
-The file holds ``scripts.scoring.pipeline.DeployedPipeline``: input ``image`` (B, C, H, W) already
-preprocessed, output ``pred`` (B, 1, H, W), the map of the deployment score (``deploy_score``,
-by default ``auto``: R_dual where its refiner is reliable, else A_inter, else A_rec_ensemble), with every NDM and UDM member, the discrepancy maps and the
-ASR-Net inside. Beside the weights it carries, as extra files in the layout that
-``monai.bundle ckpt_export`` writes (``extra/metadata.json``, ``extra/inference.json``):
+The file holds the inference config's ``network``: for DDAD ``scripts.scoring.pipeline.DeployedPipeline``
+(input ``image`` (B, C, H, W) already preprocessed, output ``pred`` (B, 1, H, W), the map of the
+deployment score, ``deploy_score``, by default ``auto``: R_dual where its refiner is reliable,
+else A_inter, else A_rec_ensemble; every NDM and UDM member, the discrepancy maps and the ASR-Net
+inside); for SALAD ``scripts.scoring.salad_pipeline.DeployedSalad`` (output the A_knn score (B, 1),
+no map). Beside the weights it carries, as extra files in the layout that ``monai.bundle
+ckpt_export`` writes (``extra/metadata.json``, ``extra/inference.json``):
 
 - ``metadata.json``: the bundle metadata, with ``network_data_format`` set to the exported
-  shape (``image_size``, ``channels`` of the run) and ``ddad`` = {score, threshold, ...};
+  shapes (``image_size``, ``channels`` of the run; ``pred`` a map or a score) and, under the
+  method's name (``ddad`` or ``salad``), the deployed score, its threshold and why;
 - ``inference.json``: the run's *effective* configuration (the merged config files and
-  command-line overrides recorded by ``config_guard.record_run``), with ``decision_threshold``
-  written in as a number. A deployment parses it for ``preprocessing`` (the training transforms)
-  and ``postprocessing`` (image score = spatial mean of ``pred``, label from the threshold), so
-  a run trained at ``image_size`` 32 or on a data set config with its own transforms is
-  preprocessed the way it was trained, not the way the repository's default files say;
+  command-line overrides recorded by ``config_guard.record_run``), with the deployed score, its
+  reason and ``decision_threshold`` written in as values. A deployment parses it and runs its
+  ``evaluator`` with ``network`` set to ``model.ts``: the same dataset, ``preprocessing`` (the
+  training transforms), ``postprocessing`` (image score, label, inverted map) and writer as
+  ``python -m ddad_bundle score``, so a run trained at ``image_size`` 32 or on a data set config
+  with its own transforms is preprocessed the way it was trained;
 - ``common.json``: the repository's shared config file as shipped, for reference.
 
 MONAI's ``convert_to_torchscript`` scripts the module and checks that the saved file reproduces
-the Python pipeline on a sample batch before the export returns.
+the Python module on a sample batch before the export returns.
 
     python -m ddad_bundle export --runs_dir runs/demo [--model_ts runs/demo/cxr_phantom_ae/models/model.ts]
 
-``deployed_architecture`` builds the same module with fresh weights from the config alone; the
+``deployed_architecture`` builds DDAD's module with fresh weights from the config alone; the
 inference config exposes it as ``deployed_network_def`` so that ``monai.bundle
 verify_net_in_out`` checks the deployed architecture against ``network_data_format`` offline,
 without a trained run.
@@ -35,12 +39,16 @@ from pathlib import Path
 
 import torch
 from monai.networks.utils import convert_to_torchscript
+from torch import nn
 
 from ..networks.asr import ASRNet
 from ..scoring.pipeline import DDADPipeline, DeployedPipeline
-from ..engines.refinement import REFINER_INPUTS
+from ..scoring.scores import REFINER_INPUTS
 
 REFINER_CHOICES = ("dual", "intra", "none")
+CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
+# The config keys a deployment reads as values: it has no run folder to resolve them from.
+DEPLOYED_KEYS = ("deploy_score", "deployed_score", "deployed_reason", "decision_threshold")
 
 
 def deployed_architecture(
@@ -68,51 +76,39 @@ def deployed_architecture(
     return DeployedPipeline(DDADPipeline(ndm, udm, refiners, scales, heteroscedastic)).eval()
 
 
-def deployed_metadata(metadata: dict, channels: int, image_size: int, threshold: dict, score_name: str) -> dict:
-    """The bundle metadata with ``network_data_format`` set to the exported shape and the
-    decision rule under ``ddad``."""
+def score_output_format(score_name: str) -> dict:
+    """``network_data_format`` of an image-level score output (B, 1)."""
+    return {"type": "series", "format": "score", "num_channels": 1, "spatial_shape": [1], "dtype": "float32",
+            "value_range": [0, 1], "is_patch_data": False, "channel_def": {"0": f"{score_name} anomaly score"}}  # fmt: skip
+
+
+def deployed_metadata(
+    metadata: dict, channels: int, image_size: int, deployment: dict, method: str = "ddad", pred_is_map: bool = True
+) -> dict:
+    """The bundle metadata with ``network_data_format`` set to the exported shapes and the
+    decision rule (``deployment``: score, threshold, reason, ...) under the method's name."""
     meta = copy.deepcopy(metadata)
-    try:
-        fmt = meta["network_data_format"]
-        fmt["inputs"]["image"].update(num_channels=int(channels), spatial_shape=[int(image_size)] * 2)
-        fmt["outputs"]["pred"].update(spatial_shape=[int(image_size)] * 2)
-    except KeyError as error:
-        raise KeyError(
-            f"configs/metadata.json: network_data_format needs inputs.image and outputs.pred (missing {error})"
-        ) from error
-    meta["ddad"] = {"score": score_name, **threshold}
+    fmt = meta.setdefault("network_data_format", {})
+    fmt.setdefault("inputs", {}).setdefault("image", {}).update(
+        num_channels=int(channels), spatial_shape=[int(image_size)] * 2
+    )
+    outputs = fmt.setdefault("outputs", {})
+    if pred_is_map:
+        outputs.setdefault("pred", {}).update(spatial_shape=[int(image_size)] * 2)
+    else:
+        outputs["pred"] = score_output_format(deployment["score"])
+    meta[method] = dict(deployment)
     return meta
 
 
-def export_torchscript(
-    pipeline: DDADPipeline,
-    path,
-    channels: int,
-    image_size: int,
-    threshold: dict,
-    metadata: dict | None = None,
-    configs: dict | None = None,
-) -> Path:
-    """Script, save and verify the deployed pipeline; returns the path of ``model.ts``.
-
-    ``configs``: {name: content} embedded as ``<name>.json``."""
+def export_torchscript(module: nn.Module, path, channels: int, image_size: int, extra: dict) -> Path:
+    """Script ``module``, save it with the ``extra`` files ({name: text}) and verify that the
+    saved file reproduces the Python module on a sample batch."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    module = DeployedPipeline(pipeline.cpu(), threshold.get("score")).eval()
-    meta = deployed_metadata(
-        metadata or {"network_data_format": {"inputs": {"image": {}}, "outputs": {"pred": {}}}},
-        channels,
-        image_size,
-        threshold,
-        module.score_name,
-    )
-    extra = {
-        "metadata.json": json.dumps(meta),
-        **{f"{name}.json": json.dumps(content, default=str) for name, content in (configs or {}).items()},
-    }
     example = torch.rand(2, channels, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     convert_to_torchscript(
-        module,
+        module.cpu().eval(),
         filename_or_obj=str(path),
         extra_files=extra,
         verify=True,
@@ -124,7 +120,7 @@ def export_torchscript(
     return path
 
 
-def effective_config(output_dir, configs_dir: Path) -> dict:
+def effective_config(output_dir, configs_dir: Path = CONFIGS_DIR) -> dict:
     """The run's merged raw config with its overrides, as ``record_run`` wrote it for this export;
     the repository's common + inference files when the export was not started through a
     recorded invocation."""
@@ -138,30 +134,28 @@ def effective_config(output_dir, configs_dir: Path) -> dict:
     return ConfigParser.load_config_files([str(configs_dir / "common.json"), str(configs_dir / "inference.json")])
 
 
-def export_run(
-    pipeline: DDADPipeline,
-    path,
-    channels: int,
-    image_size: int,
-    ckpt_dir,
-    output_dir=None,
-    deploy_score: str | None = None,
-) -> Path:
-    """Export a run folder's trained model with the metadata, the decision threshold and the
-    run's effective inference config embedded (see the module docstring). ``deploy_score``: the
-    score ``model.ts`` outputs; None or ``auto``: ``engines.inference.choose_deploy_score`` (R_dual
-    only where its refiner is reliable, else A_inter, else A_rec_ensemble), its reason stored in the
-    metadata (``ddad.reason``)."""
-    from ..engines.inference import deployment_threshold, load_selection, load_threshold
+def deployed_config(output_dir, deployment: dict) -> dict:
+    """The effective config with the deployment's values written in (``DEPLOYED_KEYS``)."""
+    config = effective_config(output_dir)
+    config.update(deploy_score=deployment["score"], deployed_score=deployment["score"],
+                  deployed_reason=deployment.get("reason", ""), decision_threshold=float(deployment["threshold"]))  # fmt: skip
+    return config
 
-    configs_dir = Path(__file__).resolve().parents[2] / "configs"
-    metadata = json.loads((configs_dir / "metadata.json").read_text())
-    threshold = deployment_threshold(load_threshold(ckpt_dir), pipeline, deploy_score, load_selection(ckpt_dir))
-    inference = effective_config(output_dir if output_dir is not None else Path(ckpt_dir).parent, configs_dir)
-    # A deployment has no run folder to read threshold.json from: the number goes in the config.
-    inference["decision_threshold"] = float(threshold["threshold"])
-    inference["deploy_score"] = threshold["score"]
-    configs = {"inference": inference, "common": json.loads((configs_dir / "common.json").read_text())}
-    out = export_torchscript(pipeline, path, channels, image_size, threshold, metadata, configs)
-    print(f"exported {threshold['score']} pipeline to {out} ({threshold['reason']})")
+
+def export_run(
+    network: nn.Module, path, channels: int, image_size: int, deployment: dict, output_dir, method: str = "ddad"
+) -> Path:
+    """Export the inference config's ``network`` (the deployed module of either method) with the
+    metadata, the decision threshold and the run's effective inference config embedded (see the
+    module docstring). ``deployment``: the resolved score, threshold and reason (``deployment``)."""
+    example = torch.zeros(1, channels, image_size, image_size)
+    with torch.no_grad():
+        pred_is_map = network.cpu().eval()(example).ndim == 4
+    metadata = json.loads((CONFIGS_DIR / "metadata.json").read_text())
+    meta = deployed_metadata(metadata, channels, image_size, deployment, method, pred_is_map)
+    configs = {"inference": deployed_config(output_dir, deployment),
+               "common": json.loads((CONFIGS_DIR / "common.json").read_text())}  # fmt: skip
+    extra = {"metadata.json": json.dumps(meta), **{f"{k}.json": json.dumps(v, default=str) for k, v in configs.items()}}
+    out = export_torchscript(network, path, channels, image_size, extra)
+    print(f"exported {method} {deployment['score']} pipeline to {out} ({deployment.get('reason', '')})")
     return out

@@ -82,6 +82,13 @@ def score_metrics(score_names: Sequence[str]) -> dict:
     return metrics
 
 
+def split_key_metric(metrics: Optional[dict]) -> tuple[Optional[dict], dict]:
+    """(key metric, the others): MONAI attaches metrics only beside a key metric, so the first plays that role."""
+    metrics = dict(metrics or {})
+    key_name = next(iter(metrics), None)
+    return ({key_name: metrics.pop(key_name)} if key_name else None), metrics
+
+
 class DiscrepancyEvaluator(Evaluator):
     """Runs the frozen trained model (``scripts.scoring.pipeline.DDADPipeline``) over a test loader.
 
@@ -104,10 +111,7 @@ class DiscrepancyEvaluator(Evaluator):
         amp: bool = False,
         inferer: Optional[Inferer] = None,
     ):
-        # MONAI attaches metrics only together with a key metric: the first one plays that role.
-        metrics = dict(additional_metrics or {})
-        key_name = next(iter(metrics), None)
-        key_metric = {key_name: metrics.pop(key_name)} if key_name else None
+        key_metric, metrics = split_key_metric(additional_metrics)
         super().__init__(
             device=torch.device(device),
             val_data_loader=val_data_loader,

@@ -1,20 +1,26 @@
-"""Scoring new, unlabeled images with a trained bundle: scores, labels, maps and overlays.
+"""Scoring new, unlabeled images: the ``inferring`` workflow, in MONAI's inference idiom.
 
-For every input file (PNG, JPEG, DICOM, 2D NIfTI) ``FolderScorer`` writes
+``configs/inference.json`` declares the parts, and the MONAI Deploy application parses the same
+config (embedded in ``model.ts``), so the bundle and a deployment score an image with the same code:
 
-- the anomaly score of ``deploy_score`` (default ``auto``, ``choose_deploy_score``: R_dual where
-  its refiner is reliable, else A_inter, else A_rec_ensemble), the mean of its map;
-- a label, ``abnormal`` when the score exceeds the decision threshold stored with the model
-  (``threshold.json``, chosen on the validation normals at a configurable specificity,
-  ``save_threshold``);
-- the anomaly map at the input's resolution as NIfTI (``<name>_map.nii.gz``, same orientation
-  convention as the loader: ``scripts.data.readers.to_nifti_orientation``) and as a PNG heat map
-  over the input (``<name>_overlay.png``, fixed colour scale [0, 1] so images compare);
-- one row in ``scores.csv`` and an entry in ``summary.json``.
+- ``inference#entries`` (``inference_datalist``): the input files, folders searched recursively,
+  each with a unique, stable output name; a 3D NIfTI volume becomes one entry per slice;
+- ``inference#dataset`` (``InferenceDataset``): the modality chain (``preprocessing``) per entry; a
+  file that cannot be read becomes an entry with its ``error`` and a placeholder image, so the
+  other files are still scored and the unreadable one is reported by name;
+- ``network``: the deployed model (``scripts.scoring.pipeline.DeployedPipeline``, or ``model.ts``
+  in a deployment): ``image`` (B, C, H, W) in, ``pred`` out: the map of the deployment score
+  (B, 1, H, W), or an image-level score (B, 1) for SALAD;
+- ``postprocessing`` (``scripts.scoring.postprocessing``): ``ImageScored`` (the image score: ``scores.spatial_mean`` of ``pred``, at the
+  model's resolution, as in evaluation), ``ThresholdLabeld`` (``abnormal`` above the stored
+  validation threshold) and ``InvertMapd`` (MONAI's ``Invertd``: the map back to the input's grid);
+- a MONAI ``SupervisedEvaluator`` with ``scripts.handlers.inference_writer.InferenceWriter``,
+  which writes per input ``<name>_map.nii.gz`` and ``<name>_overlay.png`` (where there is a map),
+  and per run ``scores.csv`` and ``summary.json``.
 
-A 3D NIfTI volume is scored slice by slice along its last axis: the volume's score is the
-maximum over slices, its map a 3D NIfTI with the input's affine. A file that cannot be read is
-reported by name in the CSV and the summary (``status``), and the other files are still scored.
+The deployment score (``deploy_score``, default ``auto``: ``choose_deploy_score``) and its
+threshold (``threshold.json``, chosen on the validation normals by ``save_threshold``, never on
+the test set) are resolved here too.
 
 Example::
 
@@ -26,47 +32,23 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Sequence
+from typing import Dict, Iterable, Optional, Sequence
 
 import nibabel as nib
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.transforms import Compose, Resize
-from PIL import Image
+from monai.data import Dataset, MetaTensor
+from monai.transforms import Compose
 
+from ..data.cache import root_cause
+from ..data.chains import image_loader, slice_reader, without_loading
+from ..data.readers import SUPPORTED_EXTENSIONS, ImageLoadError, detect_format
+from ..runtime.files import write_json_atomic
 from ..scoring.metrics import threshold_at_specificity
 from ..scoring.pipeline import DDADPipeline
-from ..runtime.files import write_csv_atomic, write_json_atomic
-from ..scoring.scores import image_scores
-from .refinement import REFINER_SCORES
-from ..data.readers import (
-    SUPPORTED_EXTENSIONS,
-    ImageLoadError,
-    LoadMaskd,
-    LoadMedicalImage,
-    LoadMedicalImaged,
-    detect_format,
-    to_nifti_orientation,
-)
+from ..scoring.scores import SCORE_REFINERS, image_scores
 
 logger = logging.getLogger("ddad")
-
-# Columns of scores.csv; volumes' per-slice scores are in summary.json only.
-SUMMARY_COLUMNS = [
-    "file",
-    "status",
-    "score_name",
-    "score",
-    "threshold",
-    "label",
-    "kind",
-    "slices",
-    "map_file",
-    "overlay_file",
-    "error",
-]
-
 
 # ----------------------------------------------------------------------------- threshold
 
@@ -92,7 +74,7 @@ def load_selection(ckpt_dir) -> Optional[dict]:
 
 def refiner_reliable(selection: Optional[dict], score: str) -> bool:
     """Whether stage 2 marked the refiner behind ``score`` (R_dual, R_intra) as reliable."""
-    refiner = {score_name: refiner for refiner, score_name in REFINER_SCORES.items()}.get(score)
+    refiner = SCORE_REFINERS.get(score)
     entry = ((selection or {}).get("refiners") or {}).get(refiner) or {}
     return bool(entry.get("reliable", False))
 
@@ -203,21 +185,11 @@ def deployment_threshold(
 
 # ----------------------------------------------------------------------------- inputs
 
-
-def list_inputs(paths: Iterable) -> list[Path]:
-    """Files to score: given files as they are, folders searched recursively for supported images."""
-    files = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and _supported_name(f))
-            if not found:
-                raise FileNotFoundError(f"{p}: no image files found (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
-            files.extend(found)
-        else:
-            files.append(p)
-    if not files:
-        raise FileNotFoundError("no input files given")
-    return files
+# What a file that cannot be scored raises: ImageLoadError (a ValueError) names the file and the problem.
+LOAD_ERRORS = (ImageLoadError, ValueError, OSError, RuntimeError)
+# Output names: the path below the input folder, folders joined by this (a name of its own cannot clash with it
+# unless it holds the same sequence; a numeric suffix settles any clash left).
+NAME_SEPARATOR = "__"
 
 
 def _supported_name(path: Path) -> bool:
@@ -225,210 +197,148 @@ def _supported_name(path: Path) -> bool:
     return any(name.endswith(ext) for ext in SUPPORTED_EXTENSIONS)
 
 
-def without_loading(preprocessing: Compose) -> Compose:
-    """The modality chain minus its file loaders, to apply it to arrays (slices of a volume)."""
-    kept = [t for t in preprocessing.transforms if not isinstance(t, (LoadMedicalImaged, LoadMaskd))]
-    return Compose(kept)
+def list_inputs(paths: Iterable, root=None) -> list[tuple[Path, Path]]:
+    """(file, root) per input: folders searched recursively for supported images (root: the folder),
+    files as they are (root: ``root`` when given, else the file's folder)."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and _supported_name(f))
+            if not found:
+                raise FileNotFoundError(f"{p}: no image files found (supported: {', '.join(SUPPORTED_EXTENSIONS)})")
+            files.extend((f, p) for f in found)
+        elif not p.exists():
+            raise FileNotFoundError(f"{p}: no such file or folder")
+        else:
+            files.append((p, Path(root) if root is not None else p.parent))
+    if not files:
+        raise FileNotFoundError("no input files given")
+    return files
 
 
-def volume_slices(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-    """(slices (Z, H, W) in the loader's orientation, affine) of a 3D NIfTI, or None for a 2D file."""
-    if detect_format(path) != "nifti":
-        return None
-    image = nib.load(str(path))
-    shape = tuple(d for d in image.shape[3:] if d != 1)
-    if len(image.shape) < 3 or image.shape[2] == 1 or shape:
-        return None
-    data = np.asarray(image.dataobj, dtype=np.float32)
-    return np.stack([to_nifti_orientation(data[:, :, k]) for k in range(data.shape[2])]), image.affine
-
-
-# ----------------------------------------------------------------------------- outputs
-
-
-def heat_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the grayscale input with the map in a fixed [0, 1] colour scale on top."""
-    from matplotlib import colormaps
-
-    gray = image.astype(np.float64)
-    span = gray.max() - gray.min()
-    gray = (gray - gray.min()) / span if span > 0 else np.zeros_like(gray)
-    heat = colormaps["inferno"](np.clip(anomaly_map, 0.0, 1.0))[..., :3]
-    weight = alpha * np.clip(anomaly_map, 0.0, 1.0)[..., None] ** 0.5  # faint where nothing is anomalous
-    rgb = (1 - weight) * gray[..., None] + weight * heat
-    return (255 * np.clip(rgb, 0, 1)).round().astype(np.uint8)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
+def _strip_extension(name: str) -> str:
     for ext in sorted(SUPPORTED_EXTENSIONS, key=len, reverse=True):
         if name.lower().endswith(ext):
             return name[: -len(ext)]
-    return path.stem
+    return Path(name).stem
 
 
-# ----------------------------------------------------------------------------- scorer
+def output_names(files: Sequence[tuple[Path, Path]]) -> list[str]:
+    """A unique, stable output name per input: its path below its root without the extension,
+    folders joined by ``NAME_SEPARATOR`` (``a/x.png`` -> ``a__x``), and ``_2``, ``_3``, ... in input
+    order where two inputs still share one (``x.png`` and ``x.dcm``)."""
+    names, taken = [], set()
+    for path, root in files:
+        try:
+            relative = path.resolve().relative_to(root.resolve())
+        except ValueError:  # a file outside the given root: its own name
+            relative = Path(path.name)
+        base = NAME_SEPARATOR.join(relative.parent.parts + (_strip_extension(relative.name),))
+        candidate, k = base, 2
+        while candidate in taken:
+            candidate, k = f"{base}_{k}", k + 1
+        taken.add(candidate)
+        names.append(candidate)
+    return names
 
 
-class FolderScorer:
-    """Scores files with a trained ``DDADPipeline``; see the module docstring.
+def volume_depth(path: Path) -> int:
+    """The number of axial slices of a 3D NIfTI volume; 1 for every other file (a 2D image, or a
+    file whose header cannot be read: its error is reported when it is loaded)."""
+    try:
+        if detect_format(path) != "nifti":
+            return 1
+        shape = tuple(int(d) for d in nib.load(str(path)).shape)
+    except Exception:  # nibabel raises several types for damaged headers; loading reports it by name
+        return 1
+    while len(shape) > 3 and shape[-1] == 1:
+        shape = shape[:-1]
+    return shape[2] if len(shape) == 3 and shape[2] > 1 else 1
 
-    Args:
-        pipeline: the trained model.
-        preprocessing: the modality's transform chain (the same as in training).
-        threshold: ``threshold.json`` content ({"score", "threshold", "thresholds", ...}).
-        score_name: the score to report (config key ``deploy_score``); None or ``auto``: ``choose_deploy_score``.
-        selection: stage 2's ``asr_selection.json`` content (``load_selection``), for ``auto``.
-        channels: image channels the model expects.
-        device: where the networks run.
+
+def inference_datalist(input_paths: Iterable, input_root=None) -> list[dict]:
+    """The entries to score: {"image": path, "name": output name, "slice": index (-1 for a 2D
+    image), "depth": slices of the file}; a 3D NIfTI volume gives one entry per slice."""
+    files = list_inputs(input_paths, input_root)
+    entries = []
+    for (path, _), name in zip(files, output_names(files)):
+        depth = volume_depth(path)
+        slices = range(depth) if depth > 1 else [-1]
+        entries.extend({"image": str(path), "name": name, "slice": k, "depth": depth} for k in slices)
+    return entries
+
+
+class InferenceDataset(Dataset):
+    """The entries of ``inference_datalist`` through the modality chain ``transform``.
+
+    A slice entry is read by the chain's own loader at that slice and transformed by the rest of
+    the chain. An entry that cannot be read is not dropped: it gets its ``error`` (the loader's
+    message, which names the file) and a placeholder image through the same chain, so a batch
+    stays well formed, the writer reports it, and the other files are still scored.
     """
 
-    def __init__(
-        self,
-        pipeline: DDADPipeline,
-        preprocessing: Compose,
-        threshold: dict,
-        channels: int = 1,
-        device="cpu",
-        batch_size: int = 32,
-        score_name: Optional[str] = None,
-        selection: Optional[dict] = None,
-    ):
-        self.pipeline = pipeline.to(device).eval()
-        threshold = deployment_threshold(threshold, pipeline, score_name, selection)
-        self.reason = threshold["reason"]
-        self.score_name = threshold["score"]
-        self.threshold = float(threshold["threshold"])
-        self.preprocessing = preprocessing
-        self.array_chain = without_loading(preprocessing)
-        self.loader = LoadMedicalImage(channels=channels)
-        self.device = torch.device(device)
-        self.batch_size = batch_size
+    def __init__(self, data: Sequence[dict], transform: Compose):
+        super().__init__(data, transform)
+        self.array_chain = without_loading(transform)
+        self.loader = image_loader(transform)
 
-    @torch.no_grad()
-    def _maps(self, prepared: list[torch.Tensor]) -> np.ndarray:
-        """Primary anomaly maps (N, H, W) of preprocessed images, in batches."""
-        out = []
-        for s in range(0, len(prepared), self.batch_size):
-            x = torch.stack([torch.as_tensor(p) for p in prepared[s : s + self.batch_size]]).float().to(self.device)
-            out.append(self.pipeline(x)[self.score_name][:, 0].cpu())
-        return torch.cat(out).numpy()
+    def _prepare(self, entry: dict) -> dict:
+        if entry["slice"] < 0:
+            return self.transform({"image": entry["image"]})
+        image = self.loader(entry["image"], reader=slice_reader(self.loader, entry["slice"]))
+        return self.array_chain({"image": image})
 
-    def _back_to_input(self, anomaly_map: np.ndarray, prepared: MetaTensor, shape) -> np.ndarray:
-        """The map at the input's resolution: MONAI inverts the chain's crops, resizes and pads."""
-        tracked = MetaTensor(
-            torch.as_tensor(anomaly_map)[None],
-            meta=dict(prepared.meta),
-            applied_operations=list(prepared.applied_operations),
-        )
+    def _placeholder(self, entry: dict) -> dict:
+        ramp = torch.linspace(0, 1, 16 * 16).reshape(1, 16, 16).repeat(self.loader.channels, 1, 1)
+        return self.array_chain({"image": MetaTensor(ramp, meta={"filename_or_obj": entry["image"]})})
+
+    def _transform(self, index: int) -> dict:
+        entry = dict(self.data[index])
         try:
-            restored = self.array_chain.inverse({"image": tracked})["image"][0]
-        except Exception:  # a transform without an inverse: fall back to a plain resize
-            restored = torch.as_tensor(anomaly_map)
-        restored = torch.as_tensor(restored, dtype=torch.float32)
-        if tuple(restored.shape) != tuple(shape):
-            restored = Resize(tuple(shape), mode="bilinear")(restored[None])[0]
-        return np.asarray(restored, dtype=np.float32)
+            prepared, error = self._prepare(entry), ""
+        except LOAD_ERRORS as wrapped:
+            problem = root_cause(wrapped)  # under MONAI's 'applying transform ...' wrapper
+            logger.error("%s: not scored: %s", entry["image"], problem)
+            prepared, error = self._placeholder(entry), str(problem)
+        return {"image": prepared["image"], "file": entry["image"], "name": entry["name"],
+                "slice": entry["slice"], "depth": entry["depth"], "error": error}  # fmt: skip
 
-    def _prepare(self, image: MetaTensor) -> MetaTensor:
-        return self.array_chain({"image": image})["image"]
 
-    def score_file(self, path: Path, out_dir: Path) -> dict:
-        slices = volume_slices(path)
-        if slices is not None:
-            return self._score_volume(path, out_dir, *slices)
-        image = self.loader(str(path))
-        prepared = self._prepare(image)
-        anomaly_map = self._maps([prepared])[0]
-        score = float(anomaly_map.mean())  # at model resolution, as in evaluation
-        full = self._back_to_input(anomaly_map, prepared, image.shape[1:])
-        stem = _stem(path)
-        nib.save(nib.Nifti1Image(to_nifti_orientation(full), np.eye(4)), str(out_dir / f"{stem}_map.nii.gz"))
-        gray = np.asarray(image).mean(axis=0)
-        Image.fromarray(heat_overlay(gray, full)).save(out_dir / f"{stem}_overlay.png")
-        return self._row(
-            path, score, kind="image", slices=1, map_file=f"{stem}_map.nii.gz", overlay_file=f"{stem}_overlay.png"
+def check_output_dir(inference_dir, overwrite: bool = False) -> Path:
+    """Refuse to write into a folder holding another scoring run's results unless ``overwrite``."""
+    folder = Path(inference_dir)
+    previous = folder / "summary.json"
+    if previous.is_file() and not overwrite:
+        raise FileExistsError(
+            f"{folder} already holds scoring results ({previous.name}); choose another output folder or "
+            "pass --overwrite true to replace them"
         )
-
-    def _score_volume(self, path: Path, out_dir: Path, slices: np.ndarray, affine: np.ndarray) -> dict:
-        if not np.isfinite(slices).all():
-            raise ImageLoadError(path, "contains NaN or infinite voxels")
-        prepared, images = [], []
-        for k, sl in enumerate(slices):
-            image = MetaTensor(torch.as_tensor(sl)[None], meta={"filename_or_obj": f"{path}[slice {k}]"})
-            images.append(image if self.loader.channels == 1 else image.repeat(3, 1, 1))
-            prepared.append(self._prepare(images[-1]))
-        maps = self._maps(prepared)
-        scores = maps.reshape(len(maps), -1).mean(axis=1)
-        full = np.stack([self._back_to_input(m, p, sl.shape) for m, p, sl in zip(maps, prepared, slices)])
-        stem = _stem(path)
-        volume_map = np.stack([to_nifti_orientation(m) for m in full], axis=-1)
-        nib.save(nib.Nifti1Image(volume_map.astype(np.float32), affine), str(out_dir / f"{stem}_map.nii.gz"))
-        worst = int(np.argmax(scores))
-        Image.fromarray(heat_overlay(slices[worst], full[worst])).save(out_dir / f"{stem}_overlay.png")
-        row = self._row(
-            path,
-            float(scores.max()),
-            kind="volume",
-            slices=len(scores),
-            map_file=f"{stem}_map.nii.gz",
-            overlay_file=f"{stem}_overlay.png",
-        )
-        row["slice_scores"] = [float(s) for s in scores]
-        row["max_slice"] = worst
-        return row
-
-    def _row(self, path: Path, score: float, **extra) -> dict:
-        label = "abnormal" if score > self.threshold else "normal"
-        return {
-            "file": str(path),
-            "status": "ok",
-            "score_name": self.score_name,
-            "score": score,
-            "threshold": self.threshold,
-            "label": label,
-            **extra,
-        }
-
-    def run(self, inputs: Iterable, out_dir) -> dict:
-        """Score every file; returns the summary also written as ``summary.json``."""
-        out_dir = Path(out_dir)
-        return score_files(
-            lambda path: self.score_file(path, out_dir),
-            inputs,
-            out_dir,
-            SUMMARY_COLUMNS,
-            {"score_name": self.score_name, "score_reason": self.reason, "threshold": self.threshold},
-        )
+    return folder
 
 
-def score_files(
-    score_file: Callable[[Path], dict], inputs: Iterable, out_dir, columns, header: dict, note: str = ""
-) -> dict:
-    """``score_file`` on every input; a file that cannot be read is reported by name and the others
-    are still scored. Writes ``summary.json`` (``header``, counts, rows) and ``scores.csv``;
-    ``note`` is added to the printed line."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in list_inputs(inputs):
-        try:
-            rows.append(score_file(path))
-        except (ImageLoadError, ValueError, OSError, RuntimeError) as error:
-            logger.error("%s: not scored: %s", path, error)
-            rows.append({"file": str(path), "status": "error", "error": str(error)})
-    summary = {
-        **header,
-        "n_files": len(rows),
-        "n_scored": sum(r["status"] == "ok" for r in rows),
-        "n_abnormal": sum(r.get("label") == "abnormal" for r in rows),
-        "n_errors": sum(r["status"] == "error" for r in rows),
-        "files": rows,
-    }
-    write_json_atomic(summary, out_dir / "summary.json")
-    write_csv_atomic(rows, out_dir / "scores.csv", columns, extrasaction="ignore")
-    print(
-        f"scored {summary['n_scored']} of {summary['n_files']} files ({summary['n_abnormal']} abnormal, "
-        f"{summary['n_errors']} unreadable){note}; results in {out_dir}"
-    )
-    return summary
+class DecisionThreshold:
+    """Stage 2's last step, as a handler: when the ASR-Net trainer completes (after
+    ``RefinerSelection`` has kept the selected refiners), load the trained model with
+    ``pipeline_loader`` and write ``threshold.json`` from the validation normals (``save_threshold``).
+
+    Args:
+        pipeline_loader: callable returning the trained ``DDADPipeline`` (the config declares
+            ``scripts.engines.evaluation.load_pipeline`` with its keyword arguments, ``_mode_: callable``).
+        validation_images: the clean held-out normals (N, C, H, W).
+        ckpt_dir: the run's ``models/`` folder.
+        specificity: share of validation normals at or below the threshold.
+    """
+
+    def __init__(self, pipeline_loader, validation_images: torch.Tensor, ckpt_dir, specificity: float = 0.95):
+        self.pipeline_loader = pipeline_loader
+        self.validation_images = validation_images
+        self.ckpt_dir = ckpt_dir
+        self.specificity = float(specificity)
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine=None) -> Path:
+        return save_threshold(self.pipeline_loader(), self.validation_images, self.ckpt_dir, self.specificity)

@@ -66,12 +66,11 @@ from ..runtime.files import torch_save_atomic, write_json_atomic
 from ..networks.fused import stack_members
 from ..scoring.losses import asr_focal_loss
 from ..networks.asr import ASRNet
-from ..scoring.scores import discrepancy_maps
+from ..scoring.scores import REFINER_INPUTS, REFINER_SCORES, discrepancy_maps, refiner_input
 from ..scoring.synthesis import synthesize_batch
 
 logger = logging.getLogger("ddad")
 
-REFINER_INPUTS = {"dual": ("A_inter", "A_intra"), "intra": ("A_intra",)}
 # Below this held-out AUC a refiner has not learned to tell its held-out normals from their
 # synthetically altered copies, so its R score on real lesions is an extrapolation, not a
 # learned detector. Measured: when the stage-1 maps do not respond to the synthetic patches
@@ -91,9 +90,6 @@ def as_target(labels: torch.Tensor, target: str) -> torch.Tensor:
     if target == "region":
         return labels
     return (labels.flatten(1).amax(1) > 0).to(labels.dtype).view(-1, 1, 1, 1).expand_as(labels).contiguous()
-
-
-REFINER_SCORES = {"dual": "R_dual", "intra": "R_intra"}
 
 
 class MapExtractor(nn.Module):
@@ -151,10 +147,6 @@ def map_scales(extractor: MapExtractor, images: torch.Tensor, batch_size: int = 
             sums[name] = sums.get(name, 0.0) + float(m.double().sum())
     pixels = images.shape[0] * images.shape[2] * images.shape[3]
     return {name: max(total / pixels, 1e-12) for name, total in sums.items()}
-
-
-def refiner_input(maps: Dict[str, torch.Tensor], name: str, scales: Dict[str, float]) -> torch.Tensor:
-    return torch.cat([maps[k] / scales[k] for k in REFINER_INPUTS[name]], dim=1)
 
 
 def make_validation_set(

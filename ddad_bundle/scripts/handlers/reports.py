@@ -26,7 +26,7 @@ from sklearn.metrics import roc_auc_score
 from .figures import map_panel, score_histograms
 from ..runtime.files import write_csv_atomic, write_json_atomic
 from ..scoring.metrics import chi2_histogram_distance, summarize_scores
-from ..engines.refinement import REFINER_SCORES
+from ..scoring.scores import REFINER_SCORES
 from ..scoring.scores import ALL_SCORES
 
 logger = logging.getLogger("ddad")

@@ -33,8 +33,8 @@ WORKFLOW_CONFIGS = {
 SALAD_WORKFLOW_CONFIGS = {
     "training": ["common.json", "salad_train.json"],
     "evaluating": ["common.json", "salad_train.json", "salad_evaluate.json"],
-    "inferring": ["common.json", "salad_train.json", "salad_inference.json"],
-    "exporting": ["common.json", "salad_train.json", "salad_inference.json", "salad_export.json"],
+    "inferring": ["common.json", "salad_train.json", "inference.json", "salad_inference.json"],
+    "exporting": ["common.json", "salad_train.json", "inference.json", "salad_inference.json", "export.json"],
 }
 METHOD_CONFIGS = {"ddad": WORKFLOW_CONFIGS, "salad": SALAD_WORKFLOW_CONFIGS}
 FIT_WORKFLOWS = {"ddad": ["training", "training_asr", "evaluating"], "salad": ["training", "evaluating"]}

@@ -18,16 +18,21 @@ Example::
     >>> maps = pipeline(images)            # {"A_rec": (B,1,H,W), ..., "R_dual": (B,1,H,W)}
 """
 
-from __future__ import annotations
-
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..networks.fused import stack_members
-from ..engines.refinement import REFINER_SCORES, refiner_input
-from .scores import discrepancy_maps, member_rec_scores
+from .scores import (
+    REFINER_INPUTS,
+    REFINER_SCORES,
+    SCORE_REFINERS,
+    discrepancy_maps,
+    member_rec_scores,
+    refiner_input,
+    stack_maps,
+)
 
 
 class DDADPipeline(nn.Module):
@@ -120,6 +125,11 @@ class DeployedPipeline(nn.Module):
     The image score is the spatial mean of ``pred``; the inference config computes it.
     """
 
+    # declared on the class (as types: this module has no `from __future__ import annotations`):
+    # TorchScript cannot infer the element types of an empty list or dict
+    refiner_inputs: List[str]
+    map_scale: Dict[str, float]
+
     def __init__(self, pipeline: DDADPipeline, score_name: Optional[str] = None):
         super().__init__()
         self.score_name: str = score_name or pipeline.primary_score
@@ -132,16 +142,20 @@ class DeployedPipeline(nn.Module):
         self.num_ndm: int = pipeline.num_ndm
         self.has_udm: bool = pipeline.num_udm > 0
         self.heteroscedastic: bool = bool(pipeline.heteroscedastic)
-        refiner = {"R_dual": "dual", "R_intra": "intra"}.get(self.score_name)
+        refiner = SCORE_REFINERS.get(self.score_name)
         self.use_refiner: bool = refiner is not None
         self.refiner = pipeline.refiners[refiner] if refiner is not None else nn.Identity()
-        self.dual: bool = refiner == "dual"
-        self.scale_inter: float = float(pipeline.map_scale.get("A_inter", 1.0))
-        self.scale_intra: float = float(pipeline.map_scale.get("A_intra", 1.0))
+        # the ASR-Net's input, as scores.refiner_input builds it in training and evaluation
+        self.refiner_inputs = list(REFINER_INPUTS[refiner]) if refiner is not None else []
+        self.map_scale = {name: float(pipeline.map_scale[name]) for name in self.refiner_inputs}
         self.channels_last: bool = pipeline.memory_format == torch.channels_last
         self.eval()
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():
+            # a MetaTensor batch from the inference loader: its batch metadata would be sliced along
+            # the member axis below; the maps need none of it (Invertd reads the input's own)
+            image = image.as_subclass(torch.Tensor)
         x = image.contiguous(memory_format=torch.channels_last) if self.channels_last else image
         outputs = self.members.member_outputs(x)  # (2K, B, C', H, W): all members, one fused pass
         ndm = outputs[: self.num_ndm]
@@ -149,10 +163,7 @@ class DeployedPipeline(nn.Module):
         maps = discrepancy_maps(image, ndm, udm, self.heteroscedastic)
         if not self.use_refiner:
             return maps[self.score_name]
-        inputs = [maps["A_intra"] / self.scale_intra]
-        if self.dual:
-            inputs = [maps["A_inter"] / self.scale_inter] + inputs
-        refiner_input = torch.cat(inputs, dim=1)
+        refiner_in = stack_maps(maps, self.refiner_inputs, self.map_scale)
         if self.channels_last:
-            refiner_input = refiner_input.contiguous(memory_format=torch.channels_last)
-        return torch.softmax(self.refiner(refiner_input), dim=1)[:, 1:2]
+            refiner_in = refiner_in.contiguous(memory_format=torch.channels_last)
+        return torch.softmax(self.refiner(refiner_in), dim=1)[:, 1:2]

@@ -74,16 +74,42 @@ class SaladPipeline(nn.Module):
 
 
 class DeployedSalad(nn.Module):
-    """``model.ts``: image (B, C, H, W) -> pred (B, 1), the A_knn score (no map)."""
+    """``model.ts``: image (B, C, H, W) -> ``pred``: the A_knn score (B, 1), image-level, no map;
+    with ``score_name`` A_mse, the squared-error map (B, 1, H, W) whose mean is A_mse."""
 
-    def __init__(self, pipeline: SaladPipeline):
+    def __init__(self, pipeline: SaladPipeline, score_name: str = PRIMARY_SCORE):
         super().__init__()
+        if score_name not in SALAD_SCORES:
+            raise ValueError(f"deploy_score {score_name!r} is not a SALAD score (it has {', '.join(SALAD_SCORES)})")
         self.net = pipeline.net
         self.knn = pipeline.knn
+        self.use_map: bool = score_name == "A_mse"
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        z = self.net.embed(image)
-        return self.knn(z)[:, None]
+        if not torch.jit.is_scripting():
+            image = image.as_subclass(torch.Tensor)  # a MetaTensor batch: the score needs none of its metadata
+        if self.use_map:
+            recon, _ = self.net(image)
+            return (recon - image).pow(2).mean(dim=1, keepdim=True)
+        return self.knn(self.net.embed(image))[:, None]
+
+
+def deployment_threshold(record: dict, score: str | None = None) -> dict:
+    """``threshold.json``'s record for the deployed SALAD score (``deploy_score``; None or ``auto``:
+    A_knn), with ``score``, ``threshold`` and ``reason`` set to that score's."""
+    table = dict(record.get("thresholds") or {record["score"]: record["threshold"]})
+    chosen = PRIMARY_SCORE if score in (None, "auto") else str(score)
+    if chosen not in table:
+        raise ValueError(f"deploy_score {chosen!r}: SALAD's threshold.json holds {', '.join(sorted(table))}")
+    reason = "SALAD's kNN score" if chosen == PRIMARY_SCORE else "requested explicitly (deploy_score)"
+    return dict(record, score=chosen, threshold=float(table[chosen]), reason=reason)
+
+
+def map_note(score_name: str) -> str | None:
+    """What a scoring summary says about maps: A_knn is image-level (none), A_mse has a map."""
+    if score_name == PRIMARY_SCORE:
+        return "none: SALAD's kNN score is image-level (distance of the embedding to the normal memory bank)"
+    return None
 
 
 def load_model_state(ckpt_dir) -> dict:

@@ -24,9 +24,28 @@ Example::
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
+
+# The ASR-Nets: which maps each refines (its input channels, in this order) and the score it gives.
+REFINER_INPUTS = {"dual": ("A_inter", "A_intra"), "intra": ("A_intra",)}
+REFINER_SCORES = {"dual": "R_dual", "intra": "R_intra"}
+SCORE_REFINERS = {score: refiner for refiner, score in REFINER_SCORES.items()}
+
+
+def stack_maps(maps: Dict[str, torch.Tensor], names: List[str], scales: Dict[str, float]) -> torch.Tensor:
+    """The maps ``names``, each divided by its training scale, as channels (B, len(names), H, W).
+
+    Scriptable: the deployed pipeline (TorchScript) builds its ASR-Net input with it."""
+    return torch.cat([maps[name] / scales[name] for name in names], dim=1)
+
+
+def refiner_input(maps: Dict[str, torch.Tensor], refiner: str, scales: Dict[str, float]) -> torch.Tensor:
+    """The input of the ASR-Net ``refiner`` ("dual" or "intra"): the one definition that stage-2
+    training, evaluation, inference, export and the Deploy app share."""
+    return stack_maps(maps, list(REFINER_INPUTS[refiner]), scales)
+
 
 STAGE1_SCORES = ("A_rec", "A_rec_ensemble", "A_intra", "A_inter")
 STAGE2_SCORES = ("R_intra", "R_dual")
@@ -97,9 +116,16 @@ def member_rec_scores(x: torch.Tensor, ndm: torch.Tensor, heteroscedastic: bool 
     return error.flatten(2).mean(dim=2)
 
 
+def spatial_mean(pred: torch.Tensor) -> torch.Tensor:
+    """The image score (B,) of a batch of maps (B, 1, H, W) or scores (B, 1): the mean over all but
+    the batch axis. The one definition of the image score: evaluation, stage-2 selection, the
+    inference postprocessing (``ImageScored``) and the Deploy app all reduce a map with it."""
+    return pred.flatten(1).mean(dim=1)
+
+
 def image_score(maps: Dict[str, torch.Tensor], name: str) -> torch.Tensor:
     """Image score (B,) of one map: its mean over pixels."""
-    return maps[name].flatten(1).mean(dim=1)
+    return spatial_mean(maps[name])
 
 
 def image_scores(maps: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
