@@ -15,8 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 pytest.importorskip("monai.deploy", reason="the deploy extra (monai-deploy-app-sdk) is not installed")
 pytest.importorskip("holoscan", reason="the deploy extra (monai-deploy-app-sdk) is not installed")
@@ -26,43 +25,7 @@ from ddad_bundle.deploy.dicom_sc import write_secondary_capture  # noqa: E402
 from ddad_bundle.deploy.operators import classify  # noqa: E402
 
 from conftest import REPO_ROOT  # noqa: E402
-
-CR_CLASS, DX_CLASS, MR_CLASS = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.4"
-
-
-def write_dicom(
-    path,
-    stored,
-    modality="CR",
-    sop_class=CR_CLASS,
-    monochrome1=False,
-    patient_id="P001",
-    study_uid=None,
-    window=None,
-    rescale=(1.0, 0.0),
-):
-    """A single-frame 12-bit grayscale instance with the patient/study fields a PACS sends."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    ds.PatientID, ds.PatientName, ds.PatientBirthDate, ds.PatientSex = patient_id, "Doe^Jane", "19610412", "F"
-    ds.PatientAge, ds.OtherPatientIDs = "063Y", "MRN-77"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid or generate_uid(), generate_uid()
-    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240102", "101500", "ACC123", "S1"
-    ds.ReferringPhysicianName, ds.InstitutionName = "Smith^John", "General Hospital"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 1, 16, 12, 11, 0
-    ds.PhotometricInterpretation = "MONOCHROME1" if monochrome1 else "MONOCHROME2"
-    ds.RescaleSlope, ds.RescaleIntercept = rescale
-    if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
-    ds.PixelData = np.asarray(stored, np.uint16).tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
-    return ds
-
+from helpers import CR_CLASS, DX_CLASS, MR_CLASS, write_dicom  # noqa: E402
 
 @pytest.fixture(scope="module")
 def model_ts(cxr_run, tmp_path_factory):

@@ -260,7 +260,25 @@ class JointBatches:
             yield {"images": [next(it)["image"] if i < len(pool) else None for it, pool in zip(iterators, self.pools)]}
 
 
-class EnsembleTrainer(Trainer):
+class BatchTrainer(Trainer):
+    """A MONAI ``Trainer`` over batches the trainer draws itself (seeded per member, no DataLoader),
+    with bf16 autocast applied by the subclass's step (``self.bf16``)."""
+
+    def __init__(self, device, max_epochs: int, batches, amp: bool = False):
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=batches,
+            epoch_length=len(batches),
+            handlers=None,
+            amp=False,
+            decollate=False,
+        )
+        # MONAI's own amp flag would make Trainer.run build an fp16 GradScaler, which bf16 does not need.
+        self.bf16 = bool(amp)
+
+
+class EnsembleTrainer(BatchTrainer):
     """A MONAI/Ignite trainer that steps every member of one or more ensembles on its own batch.
 
     One engine can drive both modules (``groups=[ndm, udm]``): iteration i steps every member
@@ -325,18 +343,7 @@ class EnsembleTrainer(Trainer):
                 raise ValueError(f"{group.module}: no objective given")
             group.data.to(device)
         batches = JointBatches([g.data for g in groups])
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            data_loader=batches,
-            epoch_length=len(batches),
-            handlers=None,
-            amp=False,
-            decollate=False,
-        )
-        # bf16 autocast is applied by this class (self.bf16); MONAI's own amp flag would make
-        # Trainer.run build an fp16 GradScaler, which bf16 does not need.
-        self.bf16 = bool(amp)
+        super().__init__(device, max_epochs, batches, amp)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.groups = groups
         self.module = "+".join(g.module for g in groups)

@@ -89,7 +89,27 @@ def split_key_metric(metrics: Optional[dict]) -> tuple[Optional[dict], dict]:
     return ({key_name: metrics.pop(key_name)} if key_name else None), metrics
 
 
-class DiscrepancyEvaluator(Evaluator):
+class ScoringEvaluator(Evaluator):
+    """A MONAI ``Evaluator`` running a frozen trained model over a test loader; the subclass's
+    ``_iteration`` says what one batch outputs. Metrics: the first of ``additional_metrics``
+    becomes the key metric (``split_key_metric``)."""
+
+    def __init__(self, device, val_data_loader, pipeline: nn.Module, additional_metrics=None, val_handlers=None,
+                 amp: bool = False):  # fmt: skip
+        key_metric, metrics = split_key_metric(additional_metrics)
+        super().__init__(
+            device=torch.device(device),
+            val_data_loader=val_data_loader,
+            key_val_metric=key_metric,
+            additional_metrics=metrics,
+            val_handlers=val_handlers,
+            amp=amp,
+            decollate=False,
+        )
+        self.pipeline = pipeline.to(self.state.device).eval()
+
+
+class DiscrepancyEvaluator(ScoringEvaluator):
     """Runs the frozen trained model (``scripts.scoring.pipeline.DDADPipeline``) over a test loader.
 
     Args:
@@ -111,18 +131,8 @@ class DiscrepancyEvaluator(Evaluator):
         amp: bool = False,
         inferer: Optional[Inferer] = None,
     ):
-        key_metric, metrics = split_key_metric(additional_metrics)
-        super().__init__(
-            device=torch.device(device),
-            val_data_loader=val_data_loader,
-            key_val_metric=key_metric,
-            additional_metrics=metrics,
-            val_handlers=val_handlers,
-            amp=amp,
-            decollate=False,
-        )
+        super().__init__(device, val_data_loader, pipeline, additional_metrics, val_handlers, amp)
         self.inferer = inferer if inferer is not None else SimpleInferer()
-        self.pipeline = pipeline.to(self.state.device).eval()
 
     def _iteration(self, engine, batchdata: dict) -> dict:
         image = batchdata["image"]

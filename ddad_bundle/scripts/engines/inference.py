@@ -44,7 +44,7 @@ from ..data.cache import root_cause
 from ..data.chains import image_loader, slice_reader, without_loading
 from ..data.readers import SUPPORTED_EXTENSIONS, ImageLoadError, detect_format
 from ..runtime.files import write_json_atomic
-from ..scoring.metrics import threshold_at_specificity
+from ..scoring.metrics import read_threshold, threshold_at_specificity
 from ..scoring.pipeline import DDADPipeline
 from ..scoring.scores import SCORE_REFINERS, image_scores
 
@@ -130,12 +130,8 @@ def save_threshold(
 
 
 def load_threshold(ckpt_dir) -> dict:
-    path = Path(ckpt_dir) / "threshold.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: run the 'training_asr' workflow first (it stores the threshold)"
-        )
-    return json.loads(path.read_text())
+    """DDAD's ``threshold.json`` (stage 2 writes it)."""
+    return read_threshold(ckpt_dir, "training_asr")
 
 
 def threshold_for(record: dict, score: Optional[str] = None, selection: Optional[dict] = None) -> dict:

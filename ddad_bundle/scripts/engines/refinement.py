@@ -47,7 +47,6 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 from ignite.engine import Engine, Events
-from monai.engines import Trainer
 import numpy as np
 from sklearn.metrics import roc_auc_score
 from torch import nn
@@ -61,7 +60,7 @@ from ..scoring.refiner_diagnostics import (
     patch_response,
     rank_correlations,
 )
-from .ensemble import MemberBatches, bf16_autocast, member_seeds
+from .ensemble import BatchTrainer, MemberBatches, bf16_autocast, member_seeds
 from ..runtime.files import torch_save_atomic, write_json_atomic
 from ..networks.fused import stack_members
 from ..scoring.losses import asr_focal_loss
@@ -172,7 +171,7 @@ def make_validation_set(
     return torch.cat([images, synthesized]), torch.cat([torch.zeros_like(labels), labels])
 
 
-class RefinementTrainer(Trainer):
+class RefinementTrainer(BatchTrainer):
     """Ignite trainer of the ASR-Nets on synthetic anomalies over cached known normals.
 
     Args:
@@ -227,18 +226,7 @@ class RefinementTrainer(Trainer):
         self.seed = member_seeds(seed, "asr", 1)[0]
         batches = MemberBatches(images, [self.seed], batch_size, name="known normals (stage 2)")
         device = torch.device(device)
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            data_loader=batches,
-            epoch_length=len(batches),
-            handlers=None,
-            amp=False,
-            decollate=False,
-        )
-        # bf16 autocast is applied by this class (self.bf16); MONAI's own amp flag would make
-        # Trainer.run build an fp16 GradScaler, which bf16 does not need.
-        self.bf16 = bool(amp)
+        super().__init__(device, max_epochs, batches, amp)
         self.batches = batches
         self.refiners = nn.ModuleDict(refiners).to(device)
         self.members = list(self.refiners.values())

@@ -23,30 +23,20 @@ import logging
 from typing import Optional
 
 import torch
-from monai.engines import Evaluator
 
 from ..scoring.salad_pipeline import SaladPipeline
-from .evaluation import split_key_metric
+from .evaluation import ScoringEvaluator
 
 logger = logging.getLogger("ddad")
 
 
-class SaladEvaluator(Evaluator):
+class SaladEvaluator(ScoringEvaluator):
     """Runs the frozen ``SaladPipeline`` over a test loader (see the module docstring)."""
 
     def __init__(
         self, device, val_data_loader, pipeline: SaladPipeline, additional_metrics: Optional[dict] = None, handlers=None
     ):
-        key_metric, metrics = split_key_metric(additional_metrics)
-        super().__init__(
-            device=torch.device(device),
-            val_data_loader=val_data_loader,
-            key_val_metric=key_metric,
-            additional_metrics=metrics,
-            val_handlers=handlers,
-            decollate=False,
-        )
-        self.pipeline = pipeline.to(self.state.device).eval()
+        super().__init__(device, val_data_loader, pipeline, additional_metrics, handlers)
 
     def _iteration(self, engine, batchdata: dict) -> dict:
         image = batchdata["image"]

@@ -230,3 +230,21 @@ def summarize_scores(scores, labels, n_boot: int = 1000, seed: int = 0) -> dict:
         "f1_max": f1_max(scores, labels),
         "sens_at_spec95": sensitivity_at_specificity(scores, labels, 0.95),
     }
+
+
+def read_threshold(ckpt_dir, workflow: str, method: str = "ddad") -> dict:
+    """``threshold.json`` of a run's ``models/`` folder, written by ``workflow``'s last step for
+    ``method``; a missing file or another method's record is named with the fix."""
+    import json
+    from pathlib import Path
+
+    path = Path(ckpt_dir) / "threshold.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: run the {workflow!r} workflow first (it stores the threshold)")
+    record = json.loads(path.read_text())
+    if record.get("method", "ddad") != method:
+        raise ValueError(
+            f"{path} is a {record.get('method', 'ddad')} threshold, not {method}'s: this run folder holds "
+            "another method's model"
+        )
+    return record

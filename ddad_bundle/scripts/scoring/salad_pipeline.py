@@ -32,7 +32,6 @@ Example::
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Dict
@@ -42,7 +41,7 @@ from torch import nn
 
 from ..handlers.training import final_weights_path
 from ..runtime.files import torch_save_atomic, write_json_atomic
-from .metrics import threshold_at_specificity
+from .metrics import read_threshold, threshold_at_specificity
 from .salad import KNNScore
 
 logger = logging.getLogger("ddad")
@@ -252,15 +251,5 @@ def save_threshold(
 
 
 def load_threshold(ckpt_dir) -> dict:
-    path = Path(ckpt_dir) / "threshold.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist: run SALAD's 'training' workflow first (it stores the threshold)"
-        )
-    record = json.loads(path.read_text())
-    if record.get("method") != "salad":
-        raise ValueError(
-            f"{path} is not a SALAD threshold (method {record.get('method', 'ddad')!r}): this run "
-            "folder holds another method's model"
-        )
-    return record
+    """SALAD's ``threshold.json`` (its training workflow writes it when training ends)."""
+    return read_threshold(ckpt_dir, "training", method="salad")
