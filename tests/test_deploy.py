@@ -27,6 +27,7 @@ from ddad_bundle.deploy.operators import classify  # noqa: E402
 from conftest import REPO_ROOT  # noqa: E402
 from helpers import CR_CLASS, DX_CLASS, MR_CLASS, write_dicom  # noqa: E402
 
+
 @pytest.fixture(scope="module")
 def model_ts(cxr_run, tmp_path_factory):
     runs_dir, _ = cxr_run
