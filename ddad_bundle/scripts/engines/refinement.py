@@ -65,7 +65,7 @@ from ..runtime.files import torch_save_atomic, write_json_atomic
 from ..networks.fused import stack_members
 from ..scoring.losses import asr_focal_loss
 from ..networks.asr import ASRNet
-from ..scoring.scores import REFINER_INPUTS, REFINER_SCORES, discrepancy_maps, refiner_input
+from ..scoring.scores import REFINER_INPUTS, REFINER_SCORES, discrepancy_maps, refiner_input, spatial_mean
 from ..scoring.synthesis import synthesize_batch
 
 logger = logging.getLogger("ddad")
@@ -307,7 +307,7 @@ def refined_scores(
     refiner.eval()
     x = refiner_input(maps, name, scales)
     scores = [
-        torch.softmax(refiner(x[s : s + batch_size]), 1)[:, 1].flatten(1).mean(1) for s in range(0, len(x), batch_size)
+        spatial_mean(torch.softmax(refiner(x[s : s + batch_size]), 1)[:, 1]) for s in range(0, len(x), batch_size)
     ]
     return torch.cat(scores)
 
@@ -442,7 +442,7 @@ class RefinerSelection:
             logits = torch.cat([refiner(x[s : s + 64]) for s in range(0, len(x), 64)]).float()
             loss = float(engine.loss(logits, as_target(self.labels, engine.target).to(logits.device)))
             probabilities = torch.softmax(logits, 1)[:, 1]
-        scores = probabilities.flatten(1).mean(1).cpu().numpy()
+        scores = spatial_mean(probabilities).cpu().numpy()
         n = len(scores) // 2
         prob = probabilities[n:].flatten().cpu().numpy()
         mask = self.labels[n:].flatten().numpy() > 0.5
@@ -495,7 +495,7 @@ class RefinerSelection:
 
     def _at_best(self, name: str, scores: np.ndarray) -> dict:
         """What only the selected epoch needs: its AUC interval and rank correlation with the inputs."""
-        inputs = {m: self._maps[m].flatten(1).mean(1).cpu().numpy() for m in REFINER_INPUTS[name]}
+        inputs = {m: spatial_mean(self._maps[m]).cpu().numpy() for m in REFINER_INPUTS[name]}
         return {
             "val_auc_ci95": bootstrap_auc_interval(self.image_labels.numpy(), scores, n_boot=200, seed=self.seed),
             "rank_correlation_with_inputs": rank_correlations(scores, inputs),
