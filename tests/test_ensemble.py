@@ -1,5 +1,7 @@
 """The ensemble trainer: member seeds, per-member shuffles, checkpoints, and exact resume."""
 
+import logging
+
 import pytest
 import torch
 
@@ -103,7 +105,7 @@ def test_too_small_pool_is_refused():
         MemberBatches(torch.zeros(1, 1, 16, 16), [0], batch_size=8, name="normal (D_n)")
 
 
-def test_training_reduces_loss_and_writes_one_checkpoint_per_member(images, tmp_path):
+def test_training_reduces_loss_and_keeps_two_checkpoints_per_member(images, tmp_path):
     trainer = make_trainer(images, tmp_path, epochs=1)
     trainer.run()
     first = trainer.state.output["loss"]
@@ -112,7 +114,8 @@ def test_training_reduces_loss_and_writes_one_checkpoint_per_member(images, tmp_
     assert trainer.state.output["loss"] < first
     for k in range(3):
         assert final_weights_path(tmp_path, "ndm", k).is_file()
-        assert len(list(tmp_path.glob(f"ndm_member{k}_checkpoint_*.pt"))) == 1
+        kept = sorted(p.name for p in tmp_path.glob(f"ndm_member{k}_checkpoint_*.pt"))
+        assert kept == [f"ndm_member{k}_checkpoint_5.pt", f"ndm_member{k}_checkpoint_6.pt"]
 
 
 def test_same_seed_same_weights(images, tmp_path):
@@ -142,11 +145,33 @@ def test_interrupted_run_resumes_to_the_same_weights(images, tmp_path, lr_schedu
     assert_same_weights(weights(resumed), weights(reference))
 
 
-def test_disagreeing_checkpoints_are_refused(images, tmp_path):
+def test_checkpoints_without_a_common_intact_epoch_are_refused(images, tmp_path):
     make_trainer(images, tmp_path, epochs=1).run()
     next(tmp_path.glob("ndm_member1_checkpoint_*.pt")).unlink()
-    with pytest.raises(RuntimeError, match="disagree"):
+    with pytest.raises(RuntimeError, match=r"no epoch among \[1\] has an intact checkpoint for every member"):
         make_trainer(images, tmp_path, epochs=2).run()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(images, tmp_path, damage, caplog):
+    reference = make_trainer(images, tmp_path / "ref", epochs=4)
+    reference.run()
+    newest = tmp_path / "run" / "ndm_member1_checkpoint_3.pt"
+
+    def damage_newest():
+        if damage == "truncated":  # a copy cut short: half the bytes
+            newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+        else:
+            newest.unlink()
+
+    with caplog.at_level(logging.WARNING, logger="ddad"):  # a crash in epoch 4, then the damage
+        resumed = crash_then_resume(
+            lambda: make_trainer(images, tmp_path / "run", epochs=4), 4, 1, after_crash=damage_newest
+        )
+    assert "resuming from epoch 2: the checkpoints of epoch 3 are incomplete or damaged" in caplog.text
+    if damage == "truncated":
+        assert "ndm_member1_checkpoint_3.pt: unreadable" in caplog.text
+    assert_same_weights(weights(resumed), weights(reference))
 
 
 def test_cosine_schedule_decays_to_zero(images, tmp_path):
@@ -205,7 +230,7 @@ def test_one_loop_for_both_modules_equals_each_module_trained_alone(pools, tmp_p
         for k in range(3):
             saved = torch.load(final_weights_path(tmp_path / "joint", module, k))
             assert torch.equal(saved["encoder.0.0.weight"], trainer.members[k].encoder[0][0].weight)
-            assert len(list((tmp_path / "joint").glob(f"{module}_member{k}_checkpoint_*.pt"))) == 1
+            assert len(list((tmp_path / "joint").glob(f"{module}_member{k}_checkpoint_*.pt"))) == 2
 
 
 @pytest.mark.parametrize("fused_adam", [False, True])
@@ -286,7 +311,7 @@ def test_modules_resuming_from_different_epochs_are_refused(pools, tmp_path):
             tmp_path / f"ndm_member{k}_checkpoint_2.pt"
         )
         (tmp_path / f"ndm_member{k}_checkpoint_1.pt").unlink()
-    with pytest.raises(RuntimeError, match="another module"):
+    with pytest.raises(RuntimeError, match=r"no epoch among \[0, 2\] has an intact checkpoint"):
         joint_trainer(pools, tmp_path, epochs=3).run()
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -124,8 +125,18 @@ def load_for_inference(model_path, device) -> torch.jit.ScriptModule:
     """``model.ts`` loaded, frozen and optimized for inference (BatchNorm folded into the
     convolutions, weights prepacked): the same maps to 1e-7, about 13% faster on CPU
     (docs/performance.md). The file on disk, with its embedded metadata, is unchanged."""
-    network = torch.jit.load(str(model_path), map_location=device).eval()
+    try:
+        network = torch.jit.load(str(model_path), map_location=device).eval()
+    except RuntimeError as error:
+        raise _unreadable_model(model_path, error) from error
     return torch.jit.optimize_for_inference(torch.jit.freeze(network))
+
+
+def _unreadable_model(model_path, error=None) -> ValueError:
+    from scripts.runtime.checkpoints import CheckpointError, first_line
+
+    why = f" ({first_line(error)})" if error is not None else ""
+    return CheckpointError(model_path, f"unreadable: the file is cut short or corrupt{why}; export it again")
 
 
 def resolve_model_path(model_path) -> Path:
@@ -151,6 +162,8 @@ class BundleScorer:
         from monai.deploy.operators.monai_bundle_inference_operator import get_bundle_config
 
         self.model_path = resolve_model_path(model_path)
+        if not zipfile.is_zipfile(self.model_path):  # TorchScript files are zip archives
+            raise _unreadable_model(self.model_path)
         try:
             self.parser = get_bundle_config(str(self.model_path), ["inference"])
         except (IOError, KeyError) as error:

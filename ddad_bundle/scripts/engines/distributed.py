@@ -48,7 +48,6 @@ from typing import Sequence
 import torch
 import ignite.distributed as idist
 import torch.distributed as dist
-from ignite.engine import Events
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -347,8 +346,7 @@ class ReplicaResume(MemberCheckpoints):
 
     def attach(self, engine) -> None:
         self.positions = self._engine_members(engine)
-        if self.resume:
-            engine.add_event_handler(Events.STARTED, self.load_latest)
+        self._register_resume(engine)
 
 
 # ----------------------------------------------------------------------------- the overlay's object

@@ -32,6 +32,7 @@ from monai.inferers import Inferer, SimpleInferer
 from torch import nn
 
 from ..handlers.training import final_weights_path
+from ..runtime.checkpoints import load_checkpoint
 from ..scoring.pipeline import DDADPipeline
 from .refinement import selected_refiners
 from ..scoring.scores import image_scores
@@ -49,9 +50,10 @@ def load_members(factory: Callable[[], nn.Module], ckpt_dir, module: str, num_me
                 f"{path} does not exist: the {module.upper()} member {k} has not finished training. Run the "
                 f"'training' workflow with the same output_dir (and num_members={num_members}) first"
             )
+        state = load_checkpoint(path)  # a corrupt file is named as such, not as a mismatch
         net = factory()
         try:
-            net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            net.load_state_dict(state)
         except RuntimeError as error:
             raise RuntimeError(
                 f"{path} does not fit the configured network (backbone, image_size, channels?): {error}"

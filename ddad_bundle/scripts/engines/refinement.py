@@ -61,6 +61,7 @@ from ..scoring.refiner_diagnostics import (
     rank_correlations,
 )
 from .ensemble import BatchTrainer, MemberBatches, bf16_autocast, member_seeds
+from ..runtime.checkpoints import load_checkpoint
 from ..runtime.files import torch_save_atomic, write_json_atomic
 from ..networks.fused import stack_members
 from ..scoring.losses import asr_focal_loss
@@ -559,7 +560,7 @@ def load_refiner(ckpt_dir, name: str, device="cpu", width: int = 128):
         raise FileNotFoundError(
             f"{path} does not exist: run the 'training_asr' workflow with the same output_dir first"
         )
-    saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = load_checkpoint(path, weights_only=False)
     net = ASRNet(len(saved["inputs"]), width)
     net.load_state_dict(saved["state_dict"])
     return net.to(device).eval(), saved["scales"]

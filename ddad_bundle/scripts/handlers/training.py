@@ -1,11 +1,13 @@
 """Ignite handlers of the DDAD bundle: per-member checkpoints with resume, a progress bar.
 
-``MemberCheckpoints`` keeps, for every member of an ensemble, one resumable checkpoint
+``MemberCheckpoints`` keeps, for every member of an ensemble, the two latest resumable checkpoints
 (network, optimizer and trainer state) written atomically by Ignite's ``Checkpoint`` +
 ``DiskSaver`` at the end of every ``save_every`` epochs, and, when training completes, the
 member's final weights as ``<module>_member<k>.pt`` (also atomic: written to a temporary file,
-then renamed). On ``Events.STARTED`` it looks for the members' last checkpoints and, when all
-are present and agree on the epoch, loads them so an interrupted run continues where it stopped.
+then renamed). On ``Events.STARTED`` it resumes an interrupted run from the newest epoch at which
+every member of every module on the engine has an intact checkpoint: a file damaged outside the
+bundle (a copy cut short, a disk error) costs one checkpoint interval, with a warning naming the
+file, instead of the run.
 
 Example (config)::
 
@@ -19,14 +21,16 @@ import re
 from pathlib import Path
 
 import ignite.distributed as idist
-import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import StatsHandler, TensorBoardStatsHandler
 
+from ..runtime.checkpoints import CheckpointError, load_checkpoint
 from ..runtime.files import torch_save_atomic
 
 logger = logging.getLogger("ddad")
+# Resumable checkpoints kept per member: the newest, and one to fall back to when it is damaged.
+KEPT_CHECKPOINTS = 2
 
 
 def final_weights_path(ckpt_dir, module: str, member: int) -> Path:
@@ -102,16 +106,22 @@ class MemberCheckpoints:
                 self._objects(engine, self.positions[k]),
                 saver,
                 filename_prefix=self._prefix(k),
-                n_saved=1,
+                n_saved=KEPT_CHECKPOINTS,
                 global_step_transform=lambda e, _: e.state.epoch,
             )
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), checkpoint)
         # Checkpoints left by an earlier, interrupted process are not tracked by these Checkpoint
-        # objects; drop them once a newer one exists so a folder keeps one per member.
+        # objects; drop the older ones once newer ones exist so a folder keeps KEPT_CHECKPOINTS per member.
         engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_every), self.remove_stale)
         engine.add_event_handler(Events.COMPLETED, self.save_final)
-        if self.resume:
-            engine.add_event_handler(Events.STARTED, self.load_latest)
+        self._register_resume(engine)
+
+    def _register_resume(self, engine: Engine) -> None:
+        """Join the engine's checkpointers (one per module) that resume together, from one epoch."""
+        if not self.resume:
+            return
+        engine.resume_checkpointers = getattr(engine, "resume_checkpointers", []) + [self]
+        engine.add_event_handler(Events.STARTED, self.load_latest)
 
     @staticmethod
     def _objects(engine: Engine, k: int) -> dict:
@@ -122,45 +132,55 @@ class MemberCheckpoints:
             objects["scheduler"] = schedulers[k]
         return objects
 
+    def saved_epochs(self, member: int) -> dict[int, Path]:
+        """{epoch: path} of a member's resumable checkpoints on disk."""
+        pattern = re.compile(rf"^{re.escape(self._prefix(member))}_checkpoint_(\d+)\.pt$")
+        return {int(m.group(1)): p for p in self.ckpt_dir.glob("*.pt") if (m := pattern.match(p.name))}
+
     def latest(self, member: int) -> tuple[int, Path] | None:
         """(epoch, path) of a member's last resumable checkpoint, or None."""
-        pattern = re.compile(rf"^{re.escape(self._prefix(member))}_checkpoint_(\d+)\.pt$")
-        found = [(int(m.group(1)), p) for p in self.ckpt_dir.glob("*.pt") if (m := pattern.match(p.name))]
-        return max(found) if found else None
+        saved = self.saved_epochs(member)
+        return (max(saved), saved[max(saved)]) if saved else None
 
     def remove_stale(self, engine: Engine) -> None:
         # With member_ids, other processes own the other members' files: leave those alone.
         members = r"\d+" if self.member_ids is None else "(?:" + "|".join(map(str, self.member_ids)) + ")"
         pattern = re.compile(rf"^{re.escape(self.module)}_member{members}_checkpoint_(\d+)\.pt$")
-        for path in self.ckpt_dir.glob(f"{self.module}_member*_checkpoint_*.pt"):
-            match = pattern.match(path.name)
-            if match and int(match.group(1)) < engine.state.epoch:
+        found = [
+            (int(m.group(1)), p)
+            for p in self.ckpt_dir.glob(f"{self.module}_member*_checkpoint_*.pt")
+            if (m := pattern.match(p.name))
+        ]
+        keep = sorted({epoch for epoch, _ in found if epoch <= engine.state.epoch})[-KEPT_CHECKPOINTS:]
+        for epoch, path in found:
+            if epoch < engine.state.epoch and epoch not in keep:
                 path.unlink(missing_ok=True)
 
+    def intact_states(self, epoch: int, device) -> list[dict] | None:
+        """Every member's checkpoint of ``epoch``, loaded; None (with a warning) if one is missing or damaged."""
+        states = []
+        for k in range(len(self.positions)):
+            path = self.saved_epochs(k).get(epoch)
+            if path is None:
+                logger.warning("%s: member %d has no checkpoint of epoch %d", self.module, self._global(k), epoch)
+                return None
+            try:
+                states.append(load_checkpoint(path, map_location=device, weights_only=False))
+            except CheckpointError as error:
+                logger.warning("%s: %s", self.module, error)
+                return None
+        return states
+
     def load_latest(self, engine: Engine) -> None:
-        latest = [self.latest(k) for k in range(len(self.positions))]
-        if all(item is None for item in latest):
+        plan = getattr(engine, "resume_plan", None)
+        if plan is None:  # the first module's handler chooses the epoch for all of them
+            plan = engine.resume_plan = resume_plan(getattr(engine, "resume_checkpointers", [self]), engine)
+        if plan["epoch"] is None:
             return
-        missing = [k for k, item in enumerate(latest) if item is None]
-        epochs = {item[0] for item in latest if item is not None}
-        if missing or len(epochs) != 1:
-            raise RuntimeError(
-                f"{self.module}: checkpoints in {self.ckpt_dir} disagree (members without one: {missing}, "
-                f"epochs found: {sorted(epochs)}); remove them or set resume to false to start over"
-            )
-        epoch = epochs.pop()
-        other = getattr(engine, "resumed_epoch", None)
-        if other is not None and other != epoch:
-            # Both modules' checkpoints hold the one engine's state, so they must be of one epoch.
-            raise RuntimeError(
-                f"{self.module}: checkpoints in {self.ckpt_dir} are of epoch {epoch} but another module's are of "
-                f"epoch {other}; remove the newer ones or set resume to false to start over"
-            )
         max_epochs = engine.state.max_epochs
-        for k, position in enumerate(self.positions):
-            state = torch.load(latest[k][1], map_location=engine.state.device, weights_only=False)
+        for position, state in zip(self.positions, plan["states"][id(self)]):
             Checkpoint.load_objects(self._objects(engine, position), state)
-        engine.resumed_epoch = epoch
+        engine.resumed_epoch = plan["epoch"]
         # A longer schedule given on the command line wins over the one stored in the checkpoint.
         engine.state.max_epochs = max(max_epochs, engine.state.epoch)
         logger.info("%s: resumed all members from epoch %d in %s", self.module, engine.state.epoch, self.ckpt_dir)
@@ -170,6 +190,29 @@ class MemberCheckpoints:
             net = engine.members[position]
             torch_save_atomic(net.state_dict(), final_weights_path(self.ckpt_dir, self.module, self._global(k)))
         logger.info("%s: final weights of %d members in %s", self.module, len(self.positions), self.ckpt_dir)
+
+
+def resume_plan(checkpointers: list, engine: Engine) -> dict:
+    """The newest epoch at which every member of every checkpointer has an intact checkpoint, and
+    those states: ``{"epoch": e or None, "states": {id(checkpointer): [state per member]}}``."""
+    epochs = sorted({e for c in checkpointers for k in range(len(c.positions)) for e in c.saved_epochs(k)})
+    for epoch in reversed(epochs):
+        states = {id(c): c.intact_states(epoch, engine.state.device) for c in checkpointers}
+        if all(s is not None for s in states.values()):
+            if epoch != epochs[-1]:
+                logger.warning(
+                    "resuming from epoch %d: the checkpoints of epoch %d are incomplete or damaged (above)",
+                    epoch,
+                    epochs[-1],
+                )
+            return {"epoch": epoch, "states": states}
+    if epochs:
+        folder = checkpointers[0].ckpt_dir
+        raise RuntimeError(
+            f"no epoch among {epochs} has an intact checkpoint for every member in {folder} (warnings above); "
+            "remove them or set resume to false to start over"
+        )
+    return {"epoch": None, "states": {}}
 
 
 class LossProgressBar:

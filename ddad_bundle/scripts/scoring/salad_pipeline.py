@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..handlers.training import final_weights_path
+from ..runtime.checkpoints import load_checkpoint
 from ..runtime.files import torch_save_atomic, write_json_atomic
 from .metrics import read_threshold, threshold_at_specificity
 from .salad import KNNScore
@@ -119,7 +120,7 @@ def load_model_state(ckpt_dir) -> dict:
             f"{path} does not exist: SALAD has not finished training. Run the 'training' "
             "workflow with configs/salad_train.json and the same output_dir first"
         )
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_checkpoint(path)
 
 
 @torch.no_grad()
@@ -185,7 +186,7 @@ def load_pipeline(network_def, ckpt_dir, k: int = 100, mode: str = "angle", devi
             f"{path} does not exist: SALAD's 'training' workflow writes it when training ends; "
             "run it (a finished run resumes and only rewrites the bank and threshold)"
         )
-    bank = torch.load(path, map_location="cpu", weights_only=True)
+    bank = load_checkpoint(path)
     return SaladPipeline(net, bank["entries"].to(device), k, mode).to(device).eval()
 
 
