@@ -3,7 +3,8 @@
 ``python -m monai.bundle run`` adds any ``--key value`` it is given to the config, so a typo such
 as ``--epoch 5`` (for ``--epochs``) would silently train the default schedule. The configs'
 ``initialize`` step calls ``record_run``, which checks every override key against the keys the
-config files define, fails with the closest valid name when one is unknown, and writes
+config files define (failing with the closest valid name when one is unknown) and every key's
+type and range (``config_schema``), takes the output folder's lock (``locks``), and writes
 ``run_record.json`` beside the run's outputs: the merged config with overrides (before
 evaluation), the seed, the command line and the package versions.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import ast
 import difflib
 import json
+import os
 import platform
 import shlex
 import sys
@@ -25,7 +27,9 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from .config_schema import ConfigValueError, check_values
 from .files import write_json_atomic
+from .locks import OutputFolderError, RunLockedError, acquire_run_lock
 
 # Arguments of monai.bundle's ``run`` that are not config overrides.
 _RUN_ARGUMENTS = {"run_id", "init_id", "final_id", "meta_file", "config_file", "logging_file", "tracking", "args_file"}
@@ -151,8 +155,53 @@ def package_versions() -> dict:
     return versions
 
 
-def record_run(output_dir, seed: int, workflow: str = "") -> Path:
-    """Check the overrides, then write ``run_record.json`` in ``output_dir``; returns its path."""
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (which sets RANK), or a plain process: the one that locks and records."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def record_run(output_dir, seed: int, workflow: str = "") -> Path | None:
+    """Check the override keys and every key's type and range, take the output folder's lock, then
+    write ``run_record.json`` in ``output_dir``; returns its path (None on the other torchrun ranks).
+
+    Nothing is created before the checks pass. Under a plain ``python -m monai.bundle run`` a refusal
+    is one line on stderr and exit status 2, as with ``python -m ddad_bundle``; in-process callers
+    (the CLI, the experiments, the tests) get the exception.
+    """
+    try:
+        return _record_run(output_dir, seed, workflow)
+    except (ConfigKeyError, ConfigValueError, RunLockedError, OutputFolderError) as error:
+        if _invocation is not None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+
+
+def check_run() -> None:
+    """The checks of ``record_run`` alone, writing nothing: for an ``initialize`` step whose
+    earlier items would otherwise act on an unchecked value."""
+    try:
+        _checked_config(current_invocation())
+    except (ConfigKeyError, ConfigValueError) as error:
+        if _invocation is not None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from error
+
+
+def _checked_config(invocation: dict | None) -> dict | None:
+    """The merged config with the overrides applied, after the key and value checks (None: no invocation)."""
+    if not (invocation and invocation["config_files"]):
+        return None
+    merged = ConfigParser.load_config_files(invocation["config_files"])
+    check_overrides(invocation["config_files"], invocation["overrides"], merged)
+    parser = ConfigParser(merged)
+    parser.update(invocation["overrides"])
+    check_values(parser.get())
+    return parser.get()
+
+
+def _record_run(output_dir, seed: int, workflow: str) -> Path | None:
     invocation = current_invocation()
     record = {
         "workflow": workflow,
@@ -161,15 +210,24 @@ def record_run(output_dir, seed: int, workflow: str = "") -> Path:
         "command": shlex.join(sys.argv),
         "versions": package_versions(),
     }
-    if invocation and invocation["config_files"]:
-        merged = ConfigParser.load_config_files(invocation["config_files"])
-        check_overrides(invocation["config_files"], invocation["overrides"], merged)
-        parser = ConfigParser(merged)
-        parser.update(invocation["overrides"])
+    config = _checked_config(invocation)
+    if config is not None:
         record.update(
             config_files=[str(Path(f).resolve()) for f in invocation["config_files"]],
             overrides=invocation["overrides"],
-            config=parser.get(),
+            config=config,
         )
+    if not _is_main_process():
+        return None
+    acquire_run_lock(output_dir, workflow)
     path = Path(output_dir) / f"run_record{'_' + workflow if workflow else ''}.json"
     return write_json_atomic(record, path, default=str)
+
+
+def check_workflow_values(config_files, overrides: dict) -> None:
+    """``check_values`` on the merged ``config_files`` with those ``overrides`` they define."""
+    merged = ConfigParser.load_config_files(config_files)
+    known = set(_flat_keys(merged))
+    parser = ConfigParser(merged)
+    parser.update({k: v for k, v in overrides.items() if str(k).replace("::", "#") in known})
+    check_values(parser.get())

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ..data.cache import root_cause
 from . import config_guard
+from .locks import release_held_locks
 
 BUNDLE_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = BUNDLE_ROOT / "configs"
@@ -73,16 +74,20 @@ def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=Non
         raise root_cause(error) from error
     finally:
         config_guard.clear_invocation()
+        release_held_locks()
 
 
 def run_workflows(workflows: list[str], overrides: dict, extra_configs=None, method: str = "ddad") -> None:
     """Several workflows in turn with one set of overrides; each gets the keys its configs define.
 
-    A key no workflow defines is refused before the first one starts.
+    A key no workflow defines, or a value of the wrong type or range, is refused before the first
+    one starts, so a typo in a key only the last workflow reads does not cost the first its run.
     """
     files = {w: config_files_for(w, extra_configs, method) for w in workflows}
     union = list(dict.fromkeys(f for w in workflows for f in files[w]))
     config_guard.check_overrides(union, overrides)
+    for workflow in workflows:
+        config_guard.check_workflow_values(files[workflow], overrides)
     for workflow in workflows:
         known = config_guard.known_keys(files[workflow])
         run_workflow(
