@@ -12,6 +12,15 @@ birth date, sex, age, ...) is left out: the Type 2 ones the patient and study mo
 ``ReferringPhysicianName``) are present and empty, as the standard allows, so the object stays
 valid while a copied file reveals no more than the identifiers needed to file it. A new series
 (``Modality`` OT, fresh Series and SOP Instance UIDs) holds the result.
+
+``identifiers=False`` (config ``secondary_capture_identifiers`` false): nothing at all is taken
+from the source, for sites where results leave the clinical network. ``PatientID``, ``StudyID``
+and ``AccessionNumber`` are Type 2 and so stay present and empty; ``StudyInstanceUID`` is Type 1
+(it may not be empty), so the object gets a fresh one (``study_uid``, one per source study and
+run, because a series may not span two studies); ``SourceImageSequence`` is Type 3 and is left out
+(its UIDs would lead back to the source instance); ``PatientIdentityRemoved`` YES with its
+Type 1C ``DeidentificationMethod`` says so to a receiving system. The object then files as a study
+of its own, under an empty patient.
 """
 
 from __future__ import annotations
@@ -40,16 +49,21 @@ def write_secondary_capture(
     label: str,
     series_uid: str | None = None,
     instance_number: int = 1,
+    identifiers: bool = True,
+    study_uid: str | None = None,
 ) -> Path:
     """Write ``rgb`` (H, W, 3) uint8 as a Secondary Capture filed under ``source``'s patient and
     study; returns the path. ``series_uid``: the derived series of this study (new if None), and
-    ``instance_number`` the instance's place in it."""
+    ``instance_number`` the instance's place in it. ``identifiers`` False: no patient or study
+    identifier of ``source`` is written, the study is ``study_uid`` (new if None); see the module
+    docstring."""
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[-1] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"rgb must be a (H, W, 3) uint8 array, got shape {rgb.shape} and dtype {rgb.dtype}")
-    for name in ("PatientID", "StudyInstanceUID"):
-        if not str(source.get(name, "")).strip():
-            raise ValueError(f"source DICOM has no {name}: the Secondary Capture could not be filed with its study")
+    if identifiers:
+        for name in ("PatientID", "StudyInstanceUID"):
+            if not str(source.get(name, "")).strip():
+                raise ValueError(f"source DICOM has no {name}: the Secondary Capture could not be filed with its study")
     path = Path(path)
     sop_uid = generate_uid()
     meta = FileMetaDataset()
@@ -59,15 +73,13 @@ def write_secondary_capture(
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
 
-    for name in CARRIED_IDENTIFIERS:
-        if name in source and str(source.get(name, "")).strip():
-            setattr(ds, name, source.get(name))
-    for name in EMPTY_TYPE2:
-        setattr(ds, name, "")
-    if "StudyID" not in ds:
-        ds.StudyID = ""
-    if "AccessionNumber" not in ds:
-        ds.AccessionNumber = ""
+    if identifiers:
+        _carry_identifiers(source, ds)
+    else:
+        _without_identifiers(ds, study_uid)
+    for name in EMPTY_TYPE2 + ("StudyID", "AccessionNumber"):
+        if name not in ds:
+            setattr(ds, name, "")
 
     now = datetime.datetime.now()
     ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, sop_uid
@@ -83,8 +95,9 @@ def write_secondary_capture(
         f"{score_name} anomaly probability over the input; image score {score:.6g} (threshold {threshold:.6g}): {label}"
     )[:1024]
     ds.ImageComments = "Research use only; not for diagnosis."
-    ds.BurnedInAnnotation = "NO"
-    if "SOPInstanceUID" in source and "SOPClassUID" in source:
+    # the overlay shows the source's pixels: text burned into them is burned into the overlay too
+    ds.BurnedInAnnotation = "YES" if str(source.get("BurnedInAnnotation", "")).upper() == "YES" else "NO"
+    if identifiers and "SOPInstanceUID" in source and "SOPClassUID" in source:
         ref = Dataset()
         ref.ReferencedSOPClassUID = source.SOPClassUID
         ref.ReferencedSOPInstanceUID = source.SOPInstanceUID
@@ -97,3 +110,18 @@ def write_secondary_capture(
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(str(path), enforce_file_format=True)
     return path
+
+
+def _carry_identifiers(source: Dataset, ds: Dataset) -> None:
+    """The identifiers that file the object in the source's patient and study (``CARRIED_IDENTIFIERS``)."""
+    for name in CARRIED_IDENTIFIERS:
+        if name in source and str(source.get(name, "")).strip():
+            setattr(ds, name, source.get(name))
+
+
+def _without_identifiers(ds: Dataset, study_uid: str | None) -> None:
+    """An empty patient and a study of the object's own (module docstring: why these attributes)."""
+    ds.PatientID, ds.StudyID, ds.AccessionNumber = "", "", ""
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "secondary_capture_identifiers false: nothing copied from source"  # LO: 64 chars

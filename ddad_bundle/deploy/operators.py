@@ -29,7 +29,9 @@ that the postprocessing computes would be dropped. This operator uses the same b
 (``model.ts``, its embedded config) without those limits.
 
 Device: ``DDAD_DEVICE`` (``cpu``, ``cuda``, ``cuda:1``) if set, else the config's ``device``
-(CUDA when available).
+(CUDA when available). Identifiers in the Secondary Capture: ``DDAD_SECONDARY_CAPTURE_IDENTIFIERS``
+(``true``/``false``) if set, else the embedded config's ``secondary_capture_identifiers`` (true
+where a ``model.ts`` predates the key).
 """
 
 from __future__ import annotations
@@ -48,6 +50,26 @@ logger = logging.getLogger("ddad.deploy")
 SCORED_MODALITIES = ("CR", "DX")
 IMAGE_FORMATS = ("png", "jpeg")
 HIDDEN_PREFIXES = (".",)
+SC_IDENTIFIERS_ENV = "DDAD_SECONDARY_CAPTURE_IDENTIFIERS"
+BOOLEAN_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def secondary_capture_identifiers(parser) -> bool:
+    """Whether the Secondary Captures carry the source's patient and study identifiers: the
+    environment's ``DDAD_SECONDARY_CAPTURE_IDENTIFIERS`` over the config's key (module docstring)."""
+    text = os.environ.get(SC_IDENTIFIERS_ENV, "").strip().lower()
+    if text:
+        if text not in BOOLEAN_WORDS:
+            raise ValueError(f"{SC_IDENTIFIERS_ENV}={text!r}: expected one of {', '.join(BOOLEAN_WORDS)}")
+        return BOOLEAN_WORDS[text]
+    value = (
+        parser.get_parsed_content("secondary_capture_identifiers")
+        if "secondary_capture_identifiers" in parser
+        else True
+    )
+    if not isinstance(value, bool):
+        raise ValueError(f"config key 'secondary_capture_identifiers' must be true or false, got {value!r}")
+    return value
 
 
 def list_input_files(input_path) -> list[Path]:
@@ -182,6 +204,7 @@ class BundleScorer:
         self.network = load_for_inference(self.model_path, self.device)
         self.threshold = float(self.parser.get_parsed_content("decision_threshold"))
         self.score_name = str(self.parser.get_parsed_content("deployed_score"))
+        self.sc_identifiers = secondary_capture_identifiers(self.parser)
         logger.info(
             "loaded %s (%s, threshold %.6g) on %s", self.model_path, self.score_name, self.threshold, self.device
         )
@@ -221,12 +244,16 @@ class BundleInferenceOperator(Operator):
         scorer = BundleScorer(self._model_file())
         kept = [Path(item["path"]) for item in items if item["status"] == "ok"]
         summary = scorer.run(kept, root, self.output_dir) if kept else None
-        op_output.emit({"items": items, "summary": summary, "score_name": scorer.score_name}, "results")
+        results = {"items": items, "summary": summary, "score_name": scorer.score_name,
+                   "secondary_capture_identifiers": scorer.sc_identifiers}  # fmt: skip
+        op_output.emit(results, "results")
 
 
 def write_results(results: dict, output_dir) -> dict:
     """The Secondary Captures of the DICOM inputs with an overlay, then ``summary.json`` and
-    ``scores.csv`` with the skipped inputs listed beside the scored ones."""
+    ``scores.csv`` with the skipped inputs listed beside the scored ones. Without identifiers
+    (``secondary_capture_identifiers`` false) no source UID is written anywhere: each source
+    study maps to a fresh one, and the rows do not list the source's SOP Instance UID."""
     from PIL import Image
     from pydicom.uid import generate_uid
     from scripts.handlers.inference_writer import write_tables
@@ -237,19 +264,24 @@ def write_results(results: dict, output_dir) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     summary = results["summary"] or {"score_name": results["score_name"], "files": []}
     datasets = {item["path"]: item["dataset"] for item in results["items"] if item["dataset"] is not None}
-    series_uids: dict = {}  # one derived series per study and run: a series never spans two studies
+    identifiers = bool(results.get("secondary_capture_identifiers", True))
+    # one derived series (and, without identifiers, one fresh study) per source study and run:
+    # a series never spans two studies
+    derived: dict = {}
     rows = []
     for row in summary["files"]:
         source = datasets.get(row["file"])
         if row["status"] == "ok" and source is not None and row.get("overlay_file"):
             study = str(source.get("StudyInstanceUID", ""))
-            series_uid, count = series_uids.get(study, (generate_uid(), 0))
-            series_uids[study] = (series_uid, count + 1)
+            study_uid, series_uid, count = derived.get(study, (generate_uid(), generate_uid(), 0))
+            derived[study] = (study_uid, series_uid, count + 1)
             rgb = np.asarray(Image.open(output_dir / row["overlay_file"]).convert("RGB"))
             name = f"{row['name']}_overlay.dcm"
-            write_secondary_capture(source, rgb, output_dir / name, row["score_name"], row["score"],
-                                    row["threshold"], row["label"], series_uid, count + 1)  # fmt: skip
-            row = dict(row, overlay_dicom=name, sop_instance_uid=str(source.get("SOPInstanceUID", "")))
+            write_secondary_capture(source, rgb, output_dir / name, row["score_name"], row["score"], row["threshold"],
+                                    row["label"], series_uid, count + 1, identifiers, study_uid)  # fmt: skip
+            row = dict(row, overlay_dicom=name)
+            if identifiers:
+                row["sop_instance_uid"] = str(source.get("SOPInstanceUID", ""))
         rows.append(row)
     for item in results["items"]:
         if item["status"] != "ok":
