@@ -120,7 +120,6 @@ COMMON_RULES = {
     "anomaly_rate": number(0, 1, nullable=True),
     "drop_duplicates": boolean(),
     "foreground_threshold": number(0, 1, open_high=True),
-    "min_image_size": integer(1),
     "epochs": integer(1),
     "batch_size": integer(2, why="BatchNorm cannot train on batches of one image"),
     "learning_rate": number(0, open_low=True),
