@@ -10,7 +10,7 @@ from conftest import BUNDLE_ROOT, REPO_ROOT
 from ddad_bundle import __version__
 from ddad_bundle.cli import main as cli_main
 from ddad_bundle.deploy.package import image_requirements
-from scripts.tools.publish import eval_metric_entries, publish_eval_metrics
+from scripts.tools.publish import eval_metric_entries, eval_metrics_problems, publish_eval_metrics
 
 CONFIGS = BUNDLE_ROOT / "configs"
 
@@ -73,6 +73,31 @@ def test_eval_metrics_are_copied_from_a_run(tmp_path):
         "kermany_cxr_A_inter_image_auc": 0.931,
     }  # the run's R_intra-less entries replace the old
     assert json.loads(metadata.read_text())["version"] == "1.0.0"
+
+
+def test_metadata_eval_metrics_are_what_their_published_runs_give():
+    problems = eval_metrics_problems(CONFIGS / "metadata.json")
+    assert not problems, "eval_metrics not from a run: python -m ddad_bundle publish_metrics ...\n" + "\n".join(
+        problems
+    )
+
+
+def test_an_eval_metric_edited_or_typed_by_hand_is_caught(tmp_path):
+    metrics = tmp_path / "run" / "metrics.json"
+    metrics.parent.mkdir()
+    metrics.write_text(json.dumps(METRICS))
+    metadata = tmp_path / "metadata.json"
+    metadata.write_text(json.dumps({"version": "1.0.0", "eval_metrics": {}}))
+    publish_eval_metrics(metrics, metadata, "demo", ["R_dual"])
+    assert eval_metrics_problems(metadata) == []
+    content = json.loads(metadata.read_text())
+    content["eval_metrics"]["demo_R_dual_image_auc"] = 0.99  # a better number than the run measured
+    content["eval_metrics"]["kermany_A_inter_image_auc"] = 0.931  # no run behind it
+    metadata.write_text(json.dumps(content))
+    problems = eval_metrics_problems(metadata)
+    assert len(problems) == 2
+    assert "demo_R_dual_image_auc: 0.99" in problems[1] and "gives 0.978" in problems[1]
+    assert "kermany_A_inter_image_auc" in problems[0] and "no published run" in problems[0]
 
 
 def test_publishing_a_score_the_run_lacks_is_refused():

@@ -178,36 +178,37 @@ class _Canvas:
 # ----------------------------------------------------------------------------- chest X-ray
 
 
+# Uniform ranges (low, high) of one chest's parameters, one group a line; angles in degrees.
+# The draws follow this order, so reordering it changes every phantom of a seed.
+_CXR_RANGES = {
+    "pose and body": dict(angle=(-4, 4), dx=(-0.05, 0.05), dy=(-0.04, 0.06), body_rx=(0.9, 1.02)),
+    "lungs": dict(lung_cx=(0.4, 0.46), lung_cy=(-0.12, -0.05), lung_rx=(0.3, 0.35), lung_ry=(0.6, 0.68)),
+    "lung asymmetry and domes": dict(left_narrow=(0.86, 0.96), dome_depth=(0.1, 0.17), dome_drop=(0.02, 0.07)),
+    "heart": dict(heart_cx=(0.1, 0.16), heart_cy=(0.3, 0.38), heart_rx=(0.3, 0.36), heart_ry=(0.22, 0.27)),
+    "heart tilt and ribs": dict(
+        heart_tilt=(-30, -15), rib_spacing=(0.15, 0.19), rib_phase=(0, 1), rib_weight=(0.06, 0.11)
+    ),
+    "exposure": dict(contrast=(0.85, 1.15), brightness=(-0.06, 0.06), gamma=(0.85, 1.2)),
+    "blur and noise": dict(blur=(0.5, 1.0), noise=(0.008, 0.025)),
+}
+_CXR_ANGLES = ("angle", "heart_tilt")
+
+
+def _sample_uniform(rng, ranges, angles):
+    """One draw per parameter of `ranges` (groups of name: (low, high)), in their order, the `angles`
+    converted from degrees to radians; then the subject's noise seed."""
+    p = {}
+    for group in ranges.values():
+        for name, (low, high) in group.items():
+            value = rng.uniform(low, high)
+            p[name] = math.radians(value) if name in angles else value
+    p["seed"] = int(rng.integers(2**63))
+    return p
+
+
 def _sample_cxr(rng):
     """Anatomy and exposure of one chest: pose, lungs, diaphragm, heart, ribs, contrast, noise."""
-    u = rng.uniform
-    return dict(
-        angle=math.radians(u(-4, 4)),
-        dx=u(-0.05, 0.05),
-        dy=u(-0.04, 0.06),
-        body_rx=u(0.9, 1.02),
-        lung_cx=u(0.4, 0.46),
-        lung_cy=u(-0.12, -0.05),
-        lung_rx=u(0.3, 0.35),
-        lung_ry=u(0.6, 0.68),
-        left_narrow=u(0.86, 0.96),
-        dome_depth=u(0.1, 0.17),
-        dome_drop=u(0.02, 0.07),
-        heart_cx=u(0.1, 0.16),
-        heart_cy=u(0.3, 0.38),
-        heart_rx=u(0.3, 0.36),
-        heart_ry=u(0.22, 0.27),
-        heart_tilt=math.radians(u(-30, -15)),
-        rib_spacing=u(0.15, 0.19),
-        rib_phase=u(0, 1),
-        rib_weight=u(0.06, 0.11),
-        contrast=u(0.85, 1.15),
-        brightness=u(-0.06, 0.06),
-        gamma=u(0.85, 1.2),
-        blur=u(0.5, 1.0),
-        noise=u(0.008, 0.025),
-        seed=int(rng.integers(2**63)),
-    )
+    return _sample_uniform(rng, _CXR_RANGES, _CXR_ANGLES)
 
 
 def _cxr_lung(p, side):
@@ -393,44 +394,35 @@ def _paint_consolidation(c, p, a):
     c.mask |= region > 0.5
 
 
-_CXR_PAINTERS = dict(
-    opacity=_paint_opacity,
-    nodules=_paint_nodules,
-    effusion=_paint_effusion,
-    cardiomegaly=_paint_cardiomegaly,
-    pneumothorax=_paint_pneumothorax,
-    consolidation=_paint_consolidation,
-)
+_CXR_PAINTERS = {
+    "opacity": _paint_opacity,
+    "nodules": _paint_nodules,
+    "effusion": _paint_effusion,
+    "cardiomegaly": _paint_cardiomegaly,
+    "pneumothorax": _paint_pneumothorax,
+    "consolidation": _paint_consolidation,
+}
 
 
 # ----------------------------------------------------------------------------- brain MRI
 
 
+# Uniform ranges (low, high) of one slice's parameters, as for the chest; angles in degrees.
+_BRAIN_RANGES = {
+    "pose": dict(angle=(-8, 8), dx=(-0.04, 0.04), dy=(-0.04, 0.04)),
+    "head": dict(head_rx=(0.68, 0.78), head_ry=(0.84, 0.93), scalp=(0.045, 0.065), bone=(0.03, 0.045)),
+    "tissue levels": dict(wm_level=(0.78, 0.86), gm=(0.36, 0.44), wm=(0.6, 0.7), csf=(0.06, 0.12)),
+    "scalp level and ventricles": dict(
+        scalp_level=(0.7, 0.88), vent_scale=(0.75, 1.3), vent_spread=(0.06, 0.09), vent_angle=(20, 35)
+    ),
+    "contrast and noise": dict(contrast=(0.9, 1.1), brightness=(-0.04, 0.04), blur=(0.4, 0.8), noise=(0.01, 0.03)),
+}
+_BRAIN_ANGLES = ("angle", "vent_angle")
+
+
 def _sample_brain(rng):
     """Anatomy and contrast of one T1-like axial slice: head shape, tissue levels, ventricles, noise."""
-    u = rng.uniform
-    return dict(
-        angle=math.radians(u(-8, 8)),
-        dx=u(-0.04, 0.04),
-        dy=u(-0.04, 0.04),
-        head_rx=u(0.68, 0.78),
-        head_ry=u(0.84, 0.93),
-        scalp=u(0.045, 0.065),
-        bone=u(0.03, 0.045),
-        wm_level=u(0.78, 0.86),
-        gm=u(0.36, 0.44),
-        wm=u(0.6, 0.7),
-        csf=u(0.06, 0.12),
-        scalp_level=u(0.7, 0.88),
-        vent_scale=u(0.75, 1.3),
-        vent_spread=u(0.06, 0.09),
-        vent_angle=math.radians(u(20, 35)),
-        contrast=u(0.9, 1.1),
-        brightness=u(-0.04, 0.04),
-        blur=u(0.4, 0.8),
-        noise=u(0.01, 0.03),
-        seed=int(rng.integers(2**63)),
-    )
+    return _sample_uniform(rng, _BRAIN_RANGES, _BRAIN_ANGLES)
 
 
 def _brain_radii(p):

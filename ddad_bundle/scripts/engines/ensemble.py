@@ -265,15 +265,7 @@ class BatchTrainer(Trainer):
     with bf16 autocast applied by the subclass's step (``self.bf16``)."""
 
     def __init__(self, device, max_epochs: int, batches, amp: bool = False):
-        super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            data_loader=batches,
-            epoch_length=len(batches),
-            handlers=None,
-            amp=False,
-            decollate=False,
-        )
+        super().__init__(device, max_epochs, batches, epoch_length=len(batches), amp=False, decollate=False)
         # MONAI's own amp flag would make Trainer.run build an fp16 GradScaler, which bf16 does not need.
         self.bf16 = bool(amp)
 

@@ -30,6 +30,8 @@ import torch
 from scipy.stats import norm, spearmanr
 from sklearn.metrics import roc_auc_score
 
+from .scores import spatial_mean
+
 RESPONSE_MAPS = ("A_rec", "A_intra", "A_inter")
 # A map "responds" to a synthesis when the altered image scores above its clean twin clearly more
 # often than a coin toss would: in at least this share of the sample.
@@ -101,8 +103,8 @@ def patch_response(
             acc = sums.setdefault(name, {"inside": [], "clean": [], "img_clean": [], "img_alt": [], "pix": []})
             acc["inside"].append(float(m_alt[name][mask].double().sum()))
             acc["clean"].append(float(m_clean[name][mask].double().sum()))
-            acc["img_clean"].append(m_clean[name].flatten(1).mean(1).cpu())
-            acc["img_alt"].append(m_alt[name].flatten(1).mean(1).cpu())
+            acc["img_clean"].append(spatial_mean(m_clean[name]).cpu())
+            acc["img_alt"].append(spatial_mean(m_alt[name]).cpu())
             acc["pix"].append((m_alt[name].float().cpu().numpy().ravel(), mask.cpu().numpy().ravel()))
     pixels = float(labels.sum())
     result = {}

@@ -44,6 +44,7 @@ from ..runtime.checkpoints import load_checkpoint
 from ..runtime.files import torch_save_atomic, write_json_atomic
 from .metrics import read_threshold, threshold_at_specificity
 from .salad import KNNScore
+from .scores import spatial_mean
 
 logger = logging.getLogger("ddad")
 
@@ -70,7 +71,8 @@ class SaladPipeline(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         recon, z = self.net(x)
-        return {"A_knn": self.knn(z), "A_mse": (recon - x).pow(2).flatten(1).mean(dim=1)}
+        # over channels and pixels at once: the same reduction as the image score of every map
+        return {"A_knn": self.knn(z), "A_mse": spatial_mean((recon - x).pow(2))}
 
 
 class DeployedSalad(nn.Module):

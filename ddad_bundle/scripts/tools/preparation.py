@@ -212,6 +212,18 @@ def _values_by_id(rows: list[dict], id_column: str, value_column: str, strip: bo
     return values
 
 
+def _csv_notes(table: Path, rows: list[dict], listed_as: str, listed: dict, files: dict) -> dict:
+    """What a label CSV and its DICOM folder hold, for the report: ``listed`` are the CSV's ids (``patients``
+    or ``images``), ``files`` the folder's files by id."""
+    return {
+        "labels_file": str(table),
+        "csv_rows": len(rows),
+        f"{listed_as}_in_csv": len(listed),
+        "dicom_files_in_folder": len(files),
+        "dicom_files_not_in_csv": len(set(files) - set(listed)),
+    }
+
+
 def scan_rsna(root: Path, labels=None, **_) -> Scan:
     """RSNA: ``stage_2_detailed_class_info.csv`` (patientId, class) + ``stage_2_train_images/*.dcm``."""
     hint = " (expected the unzipped Kaggle download: stage_2_detailed_class_info.csv and stage_2_train_images/)"
@@ -233,13 +245,7 @@ def scan_rsna(root: Path, labels=None, **_) -> Scan:
         items.append(
             Item(path, pid, cls, label, "dicom", path.relative_to(root).as_posix(), patient_id=pid, exists=pid in files)
         )
-    notes = {
-        "labels_file": str(table),
-        "csv_rows": len(rows),
-        "patients_in_csv": len(classes_of),
-        "dicom_files_in_folder": len(files),
-        "dicom_files_not_in_csv": len(set(files) - set(classes_of)),
-    }
+    notes = _csv_notes(table, rows, "patients", classes_of, files)
     if conflicting:
         notes["patients_with_conflicting_classes_left_out"] = conflicting
     desc = f"normal = '{RSNA_NORMAL}', abnormal = '{RSNA_ABNORMAL}' (classes of {RSNA_CSV}, one image per patientId)"
@@ -274,13 +280,7 @@ def scan_vindr(root: Path, labels=None, **_) -> Scan:
         "abnormal (any finding)": n_abnormal,
         "images per finding": dict(sorted(per_finding.items())),
     }
-    notes = {
-        "labels_file": str(table),
-        "csv_rows": len(rows),
-        "images_in_csv": len(findings),
-        "dicom_files_in_folder": len(files),
-        "dicom_files_not_in_csv": len(set(files) - set(findings)),
-    }
+    notes = _csv_notes(table, rows, "images", findings, files)
     desc = "normal = every reader's row is 'No finding'; abnormal = any other finding (train.csv)"
     return Scan(items, classes, notes, desc)
 
@@ -576,6 +576,7 @@ def prepare(
     """Prepare one data set (see the module doc); returns the report also written to
     ``<out>/prepare_report.json``. Raises :class:`PreparationError` or
     :class:`scripts.data.splits.SplitError` (too small pools, infeasible anomaly rate) when refusing."""
+    arguments = dict(locals())  # as called, for the report's command (before any local is assigned)
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if dataset not in PAPER_SIZES:
         raise PreparationError(f"unknown data set {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -626,24 +627,7 @@ def prepare(
         "title": TITLES[dataset],
         "status": "running",
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": command
-        or _api_command(
-            dataset,
-            source,
-            out,
-            locals_=dict(
-                seed=seed,
-                anomaly_rate=anomaly_rate,
-                size=size,
-                **given,
-                reference_split=reference_split,
-                resample_seed=resample_seed,
-                skip_unreadable=skip_unreadable,
-                include_pituitary=include_pituitary,
-                rgb=rgb,
-                labels=labels,
-            ),
-        ),
+        "command": command or _api_command(dataset, source, out, arguments),
         "source": str(root),
         "out": str(out),
         "seed": seed,
@@ -772,8 +756,17 @@ def prepare(
     return report
 
 
-def _api_command(dataset, source, out, locals_) -> str:
-    args = ", ".join(f"{k}={v!r}" for k, v in locals_.items() if v not in (None, False))
+# prepare's arguments that decide what it writes, in the order the report's command repeats them
+_COMMAND_OPTIONS = (
+    "seed anomaly_rate size n_normal n_unlabeled n_test_normal n_test_abnormal reference_split resample_seed"
+    " skip_unreadable include_pituitary rgb labels"
+).split()
+
+
+def _api_command(dataset, source, out, arguments: dict) -> str:
+    """The ``prepare(...)`` call that repeats this one, with the options that differ from None and False."""
+    chosen = {k: arguments[k] for k in _COMMAND_OPTIONS}
+    args = ", ".join(f"{k}={v!r}" for k, v in chosen.items() if v not in (None, False))
     return f"prepare({dataset!r}, {str(source)!r}, {str(out)!r}, {args})"
 
 
