@@ -116,7 +116,7 @@ def test_monai_bundle_command_line_is_parsed():
     ]
     assert parse_run_argv(argv) == {
         "config_files": ["a.json", "b.json"],
-        "overrides": {"epochs": "5", "phantom#n_normal": "10"},
+        "overrides": {"epochs": 5, "phantom#n_normal": 10},
     }
     assert parse_run_argv(["pytest"]) is None
 

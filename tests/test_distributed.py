@@ -138,7 +138,7 @@ def test_two_processes_give_the_single_process_weights(tmp_path):
             assert torch.equal(a[key], b[key]), (name, key)
     # each rank wrote its own members' resumable checkpoints, under their ensemble indices
     assert sorted(p.name for p in multi.glob("*.pt")) == sorted(
-        names + [n.replace(".pt", "_checkpoint_2.pt") for n in names]
+        names + [n.replace(".pt", f"_checkpoint_{epoch}.pt") for n in names for epoch in (1, 2)]
     )
     assert (multi.parent / "run_record_training.json").is_file()
     # the documented plan was used, over the real pools: D_n 40 (validation images are separate), D_n + D_u 60
@@ -149,13 +149,16 @@ def test_two_processes_give_the_single_process_weights(tmp_path):
 
 @pytest.mark.slow
 def test_more_processes_than_members_trains_a_member_with_ddp(tmp_path):
-    overrides = dict(TINY_STAGE1, num_members=1, runs_dir=tmp_path / "runs", data_dir=tmp_path / "data")
-    overrides["phantom#n_unlabeled"] = 0  # one member in all, two processes: one DDP group
-    result = torchrun(2, overrides)
+    # two members (the fewest A_intra allows), three processes: one member is a DDP group of two
+    overrides = dict(TINY_STAGE1, num_members=2, runs_dir=tmp_path / "runs", data_dir=tmp_path / "data")
+    overrides["phantom#n_unlabeled"] = 0
+    result = torchrun(3, overrides)
     log = result.stdout + result.stderr
-    assert "ndm0(1/2)" in log and "DDP replicas of a member hold the same parameters" in log
+    assert "(1/2)" in log and "DDP replicas of a member hold the same parameters" in log
     models = tmp_path / "runs" / "cxr_phantom_ae" / "models"
-    assert sorted(p.name for p in models.glob("*.pt")) == ["ndm_member0.pt", "ndm_member0_checkpoint_2.pt"]
+    finals = ["ndm_member0.pt", "ndm_member1.pt"]
+    checkpoints = [n.replace(".pt", f"_checkpoint_{e}.pt") for n in finals for e in (1, 2)]
+    assert sorted(p.name for p in models.glob("*.pt")) == sorted(finals + checkpoints)
     weights = load_weights(models / "ndm_member0.pt")
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
 

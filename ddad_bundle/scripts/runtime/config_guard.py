@@ -91,6 +91,13 @@ def parse_overrides(tokens: list[str], literal: bool = True) -> dict:
     return overrides
 
 
+def _literal_or_text(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def parse_run_argv(argv: list[str]) -> dict | None:
     """Config files and overrides of a ``python -m monai.bundle run <workflow> ...`` command line,
     or None for another command line (or one ``parse_overrides`` cannot read)."""
@@ -104,7 +111,9 @@ def parse_run_argv(argv: list[str]) -> dict | None:
     except ValueError:
         return None
     config_files = overrides.pop("config_file", None)
-    overrides = {k: v for k, v in overrides.items() if k not in _RUN_ARGUMENTS}
+    # Values as monai.bundle's command line (python-fire) passes them on: Python literals where
+    # they parse ('16' -> 16, 'True' -> True), text otherwise ('false' stays the text 'false').
+    overrides = {k: _literal_or_text(v) for k, v in overrides.items() if k not in _RUN_ARGUMENTS}
     return {"config_files": _as_list(config_files) if config_files else [], "overrides": overrides}
 
 
