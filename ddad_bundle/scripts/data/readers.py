@@ -612,17 +612,11 @@ def _check_path_input(value: Any, owner: str) -> PathLike:
 
 class LoadMedicalImage(LoadImage):
     """Path -> ``(C, H, W)`` float32 ``MetaTensor``: MONAI's ``LoadImage`` with a
-    ``MedicalImageReader`` (its arguments are this transform's; see there)."""
+    ``MedicalImageReader`` (its arguments, positional or keyword, are this transform's: ``channels``,
+    ``nifti_slice``, ``voi_window``, ``robust_clip``, ``min_image_size``; see there)."""
 
-    def __init__(
-        self,
-        channels: int = 1,
-        nifti_slice: NiftiSlice = "middle",
-        voi_window: bool = True,
-        robust_clip: bool = False,
-        min_image_size: int = 1,
-    ) -> None:
-        self.medical_reader = MedicalImageReader(channels, nifti_slice, voi_window, robust_clip, min_image_size)
+    def __init__(self, *reader_args: Any, **reader_kwargs: Any) -> None:
+        self.medical_reader = MedicalImageReader(*reader_args, **reader_kwargs)
         with _quiet_default_readers():
             super().__init__(reader=self.medical_reader, image_only=True, dtype=np.float32, expanduser=False)
 
@@ -674,42 +668,29 @@ def load_mask(path: PathLike, threshold: float = 0.0, nifti_slice: NiftiSlice = 
 
 
 class _LoadWithd(LoadImaged):
-    """MONAI's ``LoadImaged`` whose loader is one of this module's (``LoadMedicalImage`` or ``LoadMask``)."""
+    """MONAI's ``LoadImaged`` whose loader is ``loader_class`` (``LoadMedicalImage`` or ``LoadMask``),
+    built from the keyword arguments other than ``keys`` and ``allow_missing_keys``."""
 
-    def __init__(self, keys: KeysCollection, loader: LoadMedicalImage, allow_missing_keys: bool = False) -> None:
+    loader_class: type
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **loader_args: Any) -> None:
         with _quiet_default_readers():  # LoadImaged builds a default LoadImage, replaced here
             super().__init__(keys, image_only=True, allow_missing_keys=allow_missing_keys)
-        self._loader = loader
+        self._loader = self.loader_class(**loader_args)
 
 
 class LoadMedicalImaged(_LoadWithd):
-    """Dictionary version of :class:`LoadMedicalImage` (MONAI's ``LoadImaged`` with its loader)."""
+    """Dictionary version of :class:`LoadMedicalImage` (MONAI's ``LoadImaged`` with its loader):
+    ``keys``, ``allow_missing_keys`` and LoadMedicalImage's keyword arguments (``channels``,
+    ``nifti_slice``, ``voi_window``, ``robust_clip``, ``min_image_size``)."""
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        channels: int = 1,
-        nifti_slice: NiftiSlice = "middle",
-        voi_window: bool = True,
-        allow_missing_keys: bool = False,
-        robust_clip: bool = False,
-        min_image_size: int = 1,
-    ) -> None:
-        loader = LoadMedicalImage(channels, nifti_slice, voi_window, robust_clip, min_image_size)
-        super().__init__(keys, loader, allow_missing_keys)
+    loader_class = LoadMedicalImage
 
 
 class LoadMaskd(_LoadWithd):
-    """Dictionary version of :class:`LoadMask`."""
+    """Dictionary version of :class:`LoadMask`: ``keys``, ``allow_missing_keys``, ``threshold``, ``nifti_slice``."""
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        threshold: float = 0.0,
-        nifti_slice: NiftiSlice = "middle",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        super().__init__(keys, LoadMask(threshold, nifti_slice), allow_missing_keys)
+    loader_class = LoadMask
 
 
 class _PerKey(MapTransform):
