@@ -35,4 +35,4 @@ def image_loader(preprocessing: Compose) -> LoadMedicalImage:
 def slice_reader(loader: LoadMedicalImage, index: int) -> MedicalImageReader:
     """A reader with ``loader``'s settings that reads slice ``index`` of a 3D NIfTI volume."""
     reader = loader.medical_reader
-    return MedicalImageReader(reader.channels, int(index), reader.voi_window, reader.robust_clip)
+    return MedicalImageReader(reader.channels, int(index), reader.voi_window, reader.robust_clip, reader.min_image_size)

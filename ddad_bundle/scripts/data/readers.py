@@ -40,6 +40,9 @@ Conventions
   logger naming the file. Rationale: a constant image carries no structure, the midpoint is the
   value a well-trained reconstruction network is least surprised by, and NaN would poison a
   whole batch's loss; the warning keeps such files visible instead of silently training on them.
+* Size: ``min_image_size`` (config key, 16 in the bundle's chains) refuses an image whose short
+  side has fewer pixels, naming the file and its shape: a 1x1 "image" resized to the model's grid
+  is a constant, and scoring it would report a number that means nothing.
 * Every failure to read a file raises :class:`ImageLoadError` (a ``ValueError``) whose message
   starts with the file path and names the problem.
 
@@ -138,6 +141,12 @@ def _check_nifti_slice(nifti_slice: Any) -> NiftiSlice:
     if isinstance(nifti_slice, (bool, np.bool_)) or not isinstance(nifti_slice, (int, np.integer)):
         raise ValueError(f"nifti_slice must be an int slice index or 'middle', got {nifti_slice!r}")
     return int(nifti_slice)
+
+
+def _check_min_size(min_image_size: Any) -> int:
+    if isinstance(min_image_size, bool) or not isinstance(min_image_size, (int, np.integer)) or min_image_size < 1:
+        raise ValueError(f"min_image_size must be a whole number of pixels >= 1, got {min_image_size!r}")
+    return int(min_image_size)
 
 
 def _check_bool(name: str, value: Any) -> bool:
@@ -465,7 +474,7 @@ def _nifti_slice_to_image(data: np.ndarray, path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _validate_image(arr: np.ndarray, path: Path) -> None:
+def _validate_image(arr: np.ndarray, path: Path, min_image_size: int = 1) -> None:
     is_gray = arr.ndim == 2
     is_rgb = arr.ndim == 3 and arr.shape[-1] == 3
     if not (is_gray or is_rgb):
@@ -474,6 +483,12 @@ def _validate_image(arr: np.ndarray, path: Path) -> None:
         )
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ImageLoadError(path, f"empty image of shape {arr.shape}")
+    if min(arr.shape[:2]) < min_image_size:  # too few pixels to resize into the model's grid meaningfully
+        raise ImageLoadError(
+            path,
+            f"image is {arr.shape[0]}x{arr.shape[1]} pixels; the smallest image the bundle scores is "
+            f"{min_image_size} px on the short side (min_image_size)",
+        )
     bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
     if bad:  # NaN would silently poison the per-image scaling and every loss it touches
         raise ImageLoadError(path, f"contains {bad} non-finite values (NaN/Inf)")
@@ -496,8 +511,10 @@ def read_image_array(
     nifti_slice: NiftiSlice = "middle",
     voi_window: bool = True,
     robust_clip: bool = False,
+    min_image_size: int = 1,
 ) -> tuple[np.ndarray, str]:
-    """Native-layout read: ``((H, W) or (H, W, 3) float32, format name)``. Checks the shape."""
+    """Native-layout read: ``((H, W) or (H, W, 3) float32, format name)``. Checks the shape
+    (2D or RGB, at least ``min_image_size`` pixels on the short side) and that values are finite."""
     nifti_slice = _check_nifti_slice(nifti_slice)
     path = Path(path)
     fmt = detect_format(path)
@@ -507,7 +524,7 @@ def read_image_array(
         arr = read_dicom_intensities(path, voi_window=voi_window, robust_clip=robust_clip)
     else:
         arr = _read_nifti(path, nifti_slice)
-    _validate_image(arr, path)
+    _validate_image(arr, path, _check_min_size(min_image_size))
     return arr, fmt
 
 
@@ -531,16 +548,24 @@ class MedicalImageReader(ImageReader):
         nifti_slice: axial slice of a 3D NIfTI volume: an int index or ``"middle"``.
         voi_window: apply the DICOM header's VOI window / LUT when present.
         robust_clip: DICOM without an applied window: clip to the 0.5 / 99.5 percentiles.
+        min_image_size: refuse images whose short side has fewer pixels (config key
+            ``min_image_size``, 16 in the bundle's chains; 1 here, i.e. only empty images refused).
     """
 
     def __init__(
-        self, channels: int = 1, nifti_slice: NiftiSlice = "middle", voi_window: bool = True, robust_clip: bool = False
+        self,
+        channels: int = 1,
+        nifti_slice: NiftiSlice = "middle",
+        voi_window: bool = True,
+        robust_clip: bool = False,
+        min_image_size: int = 1,
     ) -> None:
         super().__init__()
         self.channels = _check_channels(channels)
         self.nifti_slice = _check_nifti_slice(nifti_slice)
         self.voi_window = _check_bool("voi_window", voi_window)
         self.robust_clip = _check_bool("robust_clip", robust_clip)
+        self.min_image_size = _check_min_size(min_image_size)
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         return all(_extension(Path(f)) in SUPPORTED_EXTENSIONS for f in ensure_tuple(filename))
@@ -550,7 +575,7 @@ class MedicalImageReader(ImageReader):
         paths = ensure_tuple(data)
         if len(paths) != 1:
             raise ValueError(f"{type(self).__name__} reads one 2D image per call, got {len(paths)} files")
-        return read_image_array(paths[0], self.nifti_slice, self.voi_window, self.robust_clip)
+        return read_image_array(paths[0], self.nifti_slice, self.voi_window, self.robust_clip, self.min_image_size)
 
     def get_data(self, img: tuple[np.ndarray, str]) -> tuple[np.ndarray, dict]:
         arr, fmt = img
@@ -587,12 +612,11 @@ def _check_path_input(value: Any, owner: str) -> PathLike:
 
 class LoadMedicalImage(LoadImage):
     """Path -> ``(C, H, W)`` float32 ``MetaTensor``: MONAI's ``LoadImage`` with a
-    ``MedicalImageReader`` (its arguments are this transform's; see there)."""
+    ``MedicalImageReader`` (its arguments, positional or keyword, are this transform's: ``channels``,
+    ``nifti_slice``, ``voi_window``, ``robust_clip``, ``min_image_size``; see there)."""
 
-    def __init__(
-        self, channels: int = 1, nifti_slice: NiftiSlice = "middle", voi_window: bool = True, robust_clip: bool = False
-    ) -> None:
-        self.medical_reader = MedicalImageReader(channels, nifti_slice, voi_window, robust_clip)
+    def __init__(self, *reader_args: Any, **reader_kwargs: Any) -> None:
+        self.medical_reader = MedicalImageReader(*reader_args, **reader_kwargs)
         with _quiet_default_readers():
             super().__init__(reader=self.medical_reader, image_only=True, dtype=np.float32, expanduser=False)
 
@@ -643,36 +667,30 @@ def load_mask(path: PathLike, threshold: float = 0.0, nifti_slice: NiftiSlice = 
     return LoadMask(threshold, nifti_slice)(path)
 
 
-class LoadMedicalImaged(LoadImaged):
-    """Dictionary version of :class:`LoadMedicalImage` (MONAI's ``LoadImaged`` with its loader)."""
+class _LoadWithd(LoadImaged):
+    """MONAI's ``LoadImaged`` whose loader is ``loader_class`` (``LoadMedicalImage`` or ``LoadMask``),
+    built from the keyword arguments other than ``keys`` and ``allow_missing_keys``."""
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        channels: int = 1,
-        nifti_slice: NiftiSlice = "middle",
-        voi_window: bool = True,
-        allow_missing_keys: bool = False,
-        robust_clip: bool = False,
-    ) -> None:
+    loader_class: type
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False, **loader_args: Any) -> None:
         with _quiet_default_readers():  # LoadImaged builds a default LoadImage, replaced here
             super().__init__(keys, image_only=True, allow_missing_keys=allow_missing_keys)
-        self._loader = LoadMedicalImage(channels, nifti_slice, voi_window, robust_clip)
+        self._loader = self.loader_class(**loader_args)
 
 
-class LoadMaskd(LoadImaged):
-    """Dictionary version of :class:`LoadMask`."""
+class LoadMedicalImaged(_LoadWithd):
+    """Dictionary version of :class:`LoadMedicalImage` (MONAI's ``LoadImaged`` with its loader):
+    ``keys``, ``allow_missing_keys`` and LoadMedicalImage's keyword arguments (``channels``,
+    ``nifti_slice``, ``voi_window``, ``robust_clip``, ``min_image_size``)."""
 
-    def __init__(
-        self,
-        keys: KeysCollection,
-        threshold: float = 0.0,
-        nifti_slice: NiftiSlice = "middle",
-        allow_missing_keys: bool = False,
-    ) -> None:
-        with _quiet_default_readers():  # LoadImaged builds a default LoadImage, replaced here
-            super().__init__(keys, image_only=True, allow_missing_keys=allow_missing_keys)
-        self._loader = LoadMask(threshold, nifti_slice)
+    loader_class = LoadMedicalImage
+
+
+class LoadMaskd(_LoadWithd):
+    """Dictionary version of :class:`LoadMask`: ``keys``, ``allow_missing_keys``, ``threshold``, ``nifti_slice``."""
+
+    loader_class = LoadMask
 
 
 class _PerKey(MapTransform):

@@ -5,7 +5,10 @@ Per input (named by ``scripts.engines.inference.output_names``: unique and stabl
 - ``<name>_map.nii.gz``: the anomaly map at the input's resolution (same orientation convention as
   the loader, ``scripts.data.readers.to_nifti_orientation``; a volume's map is 3D with its affine);
 - ``<name>_overlay.png``: the map over the image, fixed colour scale [0, 1] so that images compare
-  (a volume: its highest-scoring slice);
+  (a volume: its highest-scoring slice); an input larger than ``OVERLAY_MAX_SIDE`` (2048) pixels on
+  its long side gets an overlay subsampled by an integer step to at most that size (an 8000 x 8000
+  input: 2000 x 2000), since a full-size RGB overlay costs 192 MB and seconds to encode for no
+  visible gain;
 
 and per run ``scores.csv`` (one row per input) and ``summary.json`` (the deployment score, its
 threshold and why it was chosen, counts, and every row; a volume's rows carry the per-slice
@@ -42,17 +45,39 @@ SUMMARY_COLUMNS = ["file", "name", "status", "score_name", "score", "threshold",
 HAS_MAP = "yes: <name>_map.nii.gz and <name>_overlay.png per input"
 
 
+OVERLAY_MAX_SIDE = 2048  # an overlay is for looking at: larger inputs are subsampled to this long side
+
+
+def overlay_step(shape) -> int:
+    """The subsampling step of an overlay: 1 up to ``OVERLAY_MAX_SIDE`` pixels, then the smallest
+    integer step that brings the long side within it (the map file keeps the full resolution)."""
+    return max(1, -(-max(int(s) for s in shape[:2]) // OVERLAY_MAX_SIDE))
+
+
+OVERLAY_ROWS = 512  # rows blended at a time: an 8000 x 8000 overlay then needs ~100 MB of float32 work space
+
+
 def heat_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """RGB uint8 (H, W, 3): the grayscale input with the map in a fixed [0, 1] colour scale on top."""
+    """RGB uint8 (H, W, 3): the grayscale input with the map in a fixed [0, 1] colour scale on top.
+
+    Full resolution, computed in float32 blocks of ``OVERLAY_ROWS`` rows through a 256-entry
+    colour table, so that the work space does not grow with the image (a whole-image float64
+    blend of an 8000 x 8000 input took several GB)."""
     from matplotlib import colormaps
 
-    gray = image.astype(np.float64)
-    span = gray.max() - gray.min()
-    gray = (gray - gray.min()) / span if span > 0 else np.zeros_like(gray)
-    heat = colormaps["inferno"](np.clip(anomaly_map, 0.0, 1.0))[..., :3]
-    weight = alpha * np.clip(anomaly_map, 0.0, 1.0)[..., None] ** 0.5  # faint where nothing is anomalous
-    rgb = (1 - weight) * gray[..., None] + weight * heat
-    return (255 * np.clip(rgb, 0, 1)).round().astype(np.uint8)
+    table = colormaps["inferno"](np.linspace(0.0, 1.0, 256))[:, :3].astype(np.float32)
+    lo, hi = float(np.min(image)), float(np.max(image))
+    scale = 1.0 / (hi - lo) if hi > lo else 0.0
+    out = np.empty(image.shape[:2] + (3,), dtype=np.uint8)
+    for top in range(0, image.shape[0], OVERLAY_ROWS):
+        rows = slice(top, top + OVERLAY_ROWS)
+        gray = (np.asarray(image[rows], dtype=np.float32) - lo) * scale
+        level = np.clip(np.asarray(anomaly_map[rows], dtype=np.float32), 0.0, 1.0)
+        heat = table[np.rint(level * 255).astype(np.uint8)]
+        weight = (alpha * np.sqrt(level))[..., None]  # faint where nothing is anomalous
+        rgb = (1 - weight) * gray[..., None] + weight * heat
+        out[rows] = np.rint(255 * np.clip(rgb, 0, 1))
+    return out
 
 
 def _on_grid(anomaly_map: torch.Tensor, shape) -> np.ndarray:
@@ -63,6 +88,12 @@ def _on_grid(anomaly_map: torch.Tensor, shape) -> np.ndarray:
         logger.warning("map of shape %s resized to the input's %s", tuple(restored.shape[1:]), tuple(shape))
         restored = Resize(tuple(int(s) for s in shape), mode="bilinear")(restored)
     return np.asarray(restored[0], dtype=np.float32)
+
+
+def _gray(image) -> np.ndarray:
+    """(C, H, W) loaded image -> (H, W) float32 for the overlay; a view for one channel (no full-size copy)."""
+    array = np.asarray(image, dtype=np.float32)
+    return array[0] if array.shape[0] == 1 else array.mean(axis=0, dtype=np.float32)
 
 
 class InferenceWriter:
@@ -140,14 +171,16 @@ class InferenceWriter:
         pred = self._map_of(output)
         if pred is None:
             return row
-        image = np.asarray(self.loader(file)).mean(axis=0)
+        image = _gray(self.loader(file))
         full = _on_grid(pred, image.shape)
         return dict(row, **self._save_map(name, to_nifti_orientation(full), np.eye(4), image, full))
 
     def _save_map(self, name: str, nifti_map: np.ndarray, affine, image: np.ndarray, full: np.ndarray) -> dict:
         map_file, overlay_file = f"{name}_map.nii.gz", f"{name}_overlay.png"
-        nib.save(nib.Nifti1Image(nifti_map.astype(np.float32), affine), str(self.output_dir / map_file))
-        Image.fromarray(heat_overlay(image, full)).save(self.output_dir / overlay_file)
+        nifti_map = np.asarray(nifti_map, dtype=np.float32)  # no copy when it is float32 already
+        nib.save(nib.Nifti1Image(nifti_map, affine), str(self.output_dir / map_file))
+        step = overlay_step(image.shape)  # views, no copies: a huge input's overlay is drawn at a capped size
+        Image.fromarray(heat_overlay(image[::step, ::step], full[::step, ::step])).save(self.output_dir / overlay_file)
         return {"map_file": map_file, "overlay_file": overlay_file}
 
     # ------------------------------------------------------------------------- volumes
@@ -169,9 +202,7 @@ class InferenceWriter:
         row.update(slice_scores=[float(s) for s in scores], max_slice=worst)
         if self._map_of(slices[0][1]) is None:
             return row
-        images = [
-            np.asarray(self.loader(file, reader=slice_reader(self.loader, k))).mean(axis=0) for k in range(len(slices))
-        ]
+        images = [_gray(self.loader(file, reader=slice_reader(self.loader, k))) for k in range(len(slices))]
         maps = [_on_grid(output["pred"], image.shape) for (_, output), image in zip(slices, images)]
         volume_map = np.stack([to_nifti_orientation(m) for m in maps], axis=-1)
         affine = nib.load(file).affine

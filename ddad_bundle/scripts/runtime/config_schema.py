@@ -102,6 +102,7 @@ COMMON_RULES = {
     "num_workers": integer(0),
     "image_size": integer(16),
     "channels": choice(1, 3),
+    "min_image_size": integer(1, why="the short side, in pixels, below which the reader refuses an image"),
     "latent_size": integer(1),
     "num_members": integer(2, why="A_intra and R_intra are a standard deviation over the K members, K - 1 divisor"),
     "entropy_weight": number(0),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Hashable, Mapping
 
 import torch
+from monai.data import MetaTensor
 from monai.transforms import Invertd, MapTransform, Transform
 
 from .scores import spatial_mean
@@ -57,6 +58,12 @@ class InvertMapd(Invertd):
     has no grid and passes unchanged."""
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict:
-        if all(torch.as_tensor(data[key]).ndim < 3 for key in self.key_iterator(dict(data))):
-            return dict(data)
-        return super().__call__(data)
+        d = dict(data)
+        if all(torch.as_tensor(d[key]).ndim < 3 for key in self.key_iterator(d)):
+            return d
+        for key in self.key_iterator(d):
+            # A network returns a plain tensor; Invertd reads the chain's record from the original
+            # image only when the map is a MetaTensor (otherwise it warns and leaves the map as is).
+            if not isinstance(d[key], MetaTensor):
+                d[key] = MetaTensor(d[key])
+        return super().__call__(d)
