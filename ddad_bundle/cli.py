@@ -213,10 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; bad input ends with one clear line on stderr and exit status 2."""
+    """Entry point; bad input (and a run folder another live run holds) ends with one clear line
+    on stderr and exit status 2."""
+    ensure_bundle_on_path()
+    from scripts.runtime.locks import RunLockedError
+
     try:
         return dispatch(argv)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError) as error:
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError, NotADirectoryError, RunLockedError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -145,9 +145,22 @@ def test_interrupted_run_resumes_to_the_same_weights(images, tmp_path, lr_schedu
     assert_same_weights(weights(resumed), weights(reference))
 
 
-def test_checkpoints_without_a_common_intact_epoch_are_refused(images, tmp_path):
+def test_a_run_killed_while_writing_its_first_checkpoints_starts_over(images, tmp_path, caplog):
+    # member 0 wrote its epoch-1 checkpoint, member 1 had not yet: no epoch finished for the ensemble
+    reference = make_trainer(images, tmp_path / "ref", epochs=2)
+    reference.run()
+    make_trainer(images, tmp_path / "run", epochs=1).run()
+    next((tmp_path / "run").glob("ndm_member1_checkpoint_*.pt")).unlink()
+    resumed = make_trainer(images, tmp_path / "run", epochs=2)
+    resumed.run()
+    assert "starting from epoch 0: no epoch among [1] has a checkpoint of every member" in caplog.text
+    assert_same_weights(weights(resumed), weights(reference))
+
+
+def test_a_damaged_only_checkpoint_is_refused(images, tmp_path):
     make_trainer(images, tmp_path, epochs=1).run()
-    next(tmp_path.glob("ndm_member1_checkpoint_*.pt")).unlink()
+    only = next(tmp_path.glob("ndm_member1_checkpoint_*.pt"))
+    only.write_bytes(only.read_bytes()[:100])
     with pytest.raises(RuntimeError, match=r"no epoch among \[1\] has an intact checkpoint for every member"):
         make_trainer(images, tmp_path, epochs=2).run()
 

@@ -39,12 +39,13 @@ from pathlib import Path
 
 from ..runtime.files import write_json_atomic
 from .readers import read_image_array
-from .splits import SETS, Split
+from .splits import SETS, Split, SplitError
 
 LOG = logging.getLogger("ddad.split")
 MAX_NAMES = 5  # file names quoted per pair of sets
 HASH_CACHE = "pixel_hashes.json"
 REPORT_FILE = "split_report.json"
+MIN_VALIDATION = 2  # held-out normals: below two, selection compares one image with its own copy
 
 
 def pixel_hash(path) -> str:
@@ -188,5 +189,23 @@ def audit_split(split: Split, report_dir=None, drop: bool = False, workers: int 
 
 
 def checked_split(split: Split, report_dir=None, drop_duplicates: bool = False) -> Split:
-    """:func:`audit_split` for the configs: the (possibly de-duplicated) split only."""
-    return audit_split(split, report_dir, bool(drop_duplicates))[0]
+    """:func:`audit_split` for the configs: the (possibly de-duplicated) split only.
+
+    A validation set too small to select on is refused here, before stage 1, rather than by
+    stage 2 after the ensembles have trained.
+    """
+    split = audit_split(split, report_dir, bool(drop_duplicates))[0]
+    check_validation_size(split)
+    return split
+
+
+def check_validation_size(split: Split) -> None:
+    """Refuse a validation set below :data:`MIN_VALIDATION` images, naming the keys that set it."""
+    n_val = len(split.validation)
+    if n_val < MIN_VALIDATION:
+        raise SplitError(
+            f"{split.source}: the validation set holds {n_val} image(s) ({len(split.normal)} normal images "
+            f"left for training); the ASR-Net selection and the decision threshold need at least "
+            f"{MIN_VALIDATION}: add known-normal images, list a 'validation' set in the split file, or "
+            f"raise config key 'val_fraction'"
+        )

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -103,13 +104,17 @@ def deployed_metadata(
 
 def export_torchscript(module: nn.Module, path, channels: int, image_size: int, extra: dict) -> Path:
     """Script ``module``, save it with the ``extra`` files ({name: text}) and verify that the
-    saved file reproduces the Python module on a sample batch."""
+    saved file reproduces the Python module on a sample batch.
+
+    The file is written under a temporary name and renamed once verified, so an export killed
+    half-way leaves the previous ``model.ts`` (or none), never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
     example = torch.rand(2, channels, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     convert_to_torchscript(
         module.cpu().eval(),
-        filename_or_obj=str(path),
+        filename_or_obj=str(partial),
         extra_files=extra,
         verify=True,
         inputs=[example],
@@ -117,6 +122,7 @@ def export_torchscript(module: nn.Module, path, channels: int, image_size: int, 
         rtol=1e-4,
         atol=1e-5,
     )
+    os.replace(partial, path)
     return path
 
 

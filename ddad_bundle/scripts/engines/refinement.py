@@ -375,10 +375,18 @@ class RefinerSelection:
         """Keep the earlier best epochs only when this run resumed (attach after MemberCheckpoints)."""
         path = self.ckpt_dir / "asr_selection.json"
         self.best, self.history = {}, {}
-        if engine.state.epoch > 0 and path.is_file():
+        resumed = engine.state.epoch
+        if resumed > 0 and path.is_file():
             previous = json.loads(path.read_text())
             self.best = previous.get("refiners", {})
             self.history = previous.get("history", {})
+        validated = {entry["epoch"] for entries in self.history.values() for entry in entries}
+        if resumed > 0 and resumed % self.val_every == 0 and resumed not in validated:
+            # The run stopped after saving this epoch's checkpoints and before validating them: the
+            # restored weights are that epoch's, so validate them now, or the selection would never
+            # see the epoch (its training loss is gone with the run and is recorded as NaN).
+            logger.info("asr: validating epoch %d, saved but not validated before the run stopped", resumed)
+            self.validate(engine)
 
     def measure_patch_response(self, engine: Engine) -> None:
         """How the frozen maps react to the training and held-out synthesis, before stage 2 learns."""

@@ -156,20 +156,21 @@ class MemberCheckpoints:
             if epoch < engine.state.epoch and epoch not in keep:
                 path.unlink(missing_ok=True)
 
-    def intact_states(self, epoch: int, device) -> list[dict] | None:
-        """Every member's checkpoint of ``epoch``, loaded; None (with a warning) if one is missing or damaged."""
+    def intact_states(self, epoch: int, device) -> tuple[list[dict] | None, bool]:
+        """(every member's checkpoint of ``epoch`` loaded, or None with a warning; whether a file
+        was damaged rather than missing)."""
         states = []
         for k in range(len(self.positions)):
             path = self.saved_epochs(k).get(epoch)
             if path is None:
                 logger.warning("%s: member %d has no checkpoint of epoch %d", self.module, self._global(k), epoch)
-                return None
+                return None, False
             try:
                 states.append(load_checkpoint(path, map_location=device, weights_only=False))
             except CheckpointError as error:
                 logger.warning("%s: %s", self.module, error)
-                return None
-        return states
+                return None, True
+        return states, False
 
     def load_latest(self, engine: Engine) -> None:
         plan = getattr(engine, "resume_plan", None)
@@ -194,10 +195,18 @@ class MemberCheckpoints:
 
 def resume_plan(checkpointers: list, engine: Engine) -> dict:
     """The newest epoch at which every member of every checkpointer has an intact checkpoint, and
-    those states: ``{"epoch": e or None, "states": {id(checkpointer): [state per member]}}``."""
+    those states: ``{"epoch": e or None, "states": {id(checkpointer): [state per member]}}``.
+
+    Without such an epoch: a fresh start when the only epoch on disk lacks some members' files (a
+    run killed while its members were writing their first checkpoints: no epoch ever finished for
+    the whole ensemble, so nothing is lost); a refusal when a file is damaged or the folder mixes
+    epochs without a common one (files of different runs: someone should look at the folder)."""
     epochs = sorted({e for c in checkpointers for k in range(len(c.positions)) for e in c.saved_epochs(k)})
+    damaged = False
     for epoch in reversed(epochs):
-        states = {id(c): c.intact_states(epoch, engine.state.device) for c in checkpointers}
+        found = {id(c): c.intact_states(epoch, engine.state.device) for c in checkpointers}
+        states = {key: loaded for key, (loaded, _) in found.items()}
+        damaged = damaged or any(bad for _, bad in found.values())
         if all(s is not None for s in states.values()):
             if epoch != epochs[-1]:
                 logger.warning(
@@ -206,11 +215,18 @@ def resume_plan(checkpointers: list, engine: Engine) -> dict:
                     epochs[-1],
                 )
             return {"epoch": epoch, "states": states}
-    if epochs:
-        folder = checkpointers[0].ckpt_dir
+    folder = checkpointers[0].ckpt_dir if checkpointers else None
+    if epochs and (damaged or len(epochs) > 1):
         raise RuntimeError(
             f"no epoch among {epochs} has an intact checkpoint for every member in {folder} (warnings above); "
             "remove them or set resume to false to start over"
+        )
+    if epochs:
+        logger.warning(
+            "starting from epoch 0: no epoch among %s has a checkpoint of every member in %s "
+            "(an earlier run stopped while writing them)",
+            epochs,
+            folder,
         )
     return {"epoch": None, "states": {}}
 
