@@ -14,4 +14,4 @@ warnings.filterwarnings("ignore", message="Current stack size", category=Runtime
 
 BUNDLE_ROOT = Path(__file__).resolve().parent
 CONFIG_DIR = BUNDLE_ROOT / "configs"
-__version__ = "0.4.0"
+__version__ = "0.5.0"

@@ -251,8 +251,13 @@ def dispatch(argv: list[str] | None = None) -> int:
     if args.command == "publish_metrics":
         from scripts.tools.publish import publish_eval_metrics
 
+        from scripts.tools.publish import unreliable_scores
+
         published = publish_eval_metrics(args.metrics, args.metadata, args.name, args.scores)
         print(f"eval_metrics of {args.metadata}: {published}")
+        left_out = unreliable_scores(json.loads(open(args.metrics).read()))
+        if left_out and not args.scores:
+            print(f"left out (no learned signal on the validation set): {', '.join(left_out)}")
         return 0
     if args.command == "export":
         run_workflow("exporting", parse_overrides(rest), method=args.method)

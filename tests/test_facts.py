@@ -100,6 +100,14 @@ def test_an_eval_metric_edited_or_typed_by_hand_is_caught(tmp_path):
     assert "kermany_A_inter_image_auc" in problems[0] and "no published run" in problems[0]
 
 
+def test_a_refined_score_without_learned_signal_is_not_published(tmp_path):
+    metrics = {**METRICS, "R_intra": {"auc": 0.859, "selection_reliable": False}}
+    metrics["R_dual"] = {**METRICS["R_dual"], "selection_reliable": True}
+    assert eval_metric_entries(metrics, "demo") == {"demo_A_inter_image_auc": 0.948, "demo_R_dual_image_auc": 0.978}
+    with pytest.raises(ValueError, match="R_intra: the refiner showed no learned signal"):
+        eval_metric_entries(metrics, "demo", ["A_inter", "R_intra"])
+
+
 def test_publishing_a_score_the_run_lacks_is_refused():
     with pytest.raises(KeyError, match="no auc for R_intra"):
         eval_metric_entries(METRICS, "demo", ["R_intra"])

@@ -6,7 +6,8 @@ run is published::
 
     python -m ddad_bundle publish_metrics runs/demo/cxr_phantom_ae/eval/metrics.json --name demo_cxr_phantom
 
-writes ``demo_cxr_phantom_<score>_image_auc`` for every score of the run (``--scores`` picks some)
+writes ``demo_cxr_phantom_<score>_image_auc`` for every score of the run (``--scores`` picks some),
+leaving out a refined score whose refiner showed no learned signal (``selection_reliable`` false),
 and removes that name's entries of scores the run does not have; other names' entries stay. The
 published ``metrics.json`` is kept beside ``metadata.json`` as ``published/<name>.metrics.json``
 (with the scores chosen), so :func:`eval_metrics_problems` can tell a published entry from one
@@ -23,11 +24,28 @@ from ..runtime.files import write_json_atomic
 from ..scoring.scores import ALL_SCORES
 
 
+def unreliable_scores(metrics: dict) -> list:
+    """Scores whose stage-2 selection showed no learned signal (``selection_reliable`` false)."""
+    return [s for s, entry in metrics.items() if isinstance(entry, dict) and entry.get("selection_reliable") is False]
+
+
 def eval_metric_entries(metrics: dict, name: str, scores: Optional[Sequence[str]] = None) -> dict:
-    """``{<name>_<score>_image_auc: auc}`` of a ``metrics.json`` content, AUCs rounded to 3 digits."""
-    chosen = (
-        list(scores) if scores else [s for s, entry in metrics.items() if isinstance(entry, dict) and "auc" in entry]
-    )
+    """``{<name>_<score>_image_auc: auc}`` of a ``metrics.json`` content, AUCs rounded to 3 digits.
+
+    Without ``scores``: every score with an AUC except those whose refiner showed no learned signal
+    on the validation set, whose test AUC is not a result to publish (docs/README.md). Named in
+    ``scores``, such a score is refused."""
+    unreliable = unreliable_scores(metrics)
+    if scores:
+        chosen = list(scores)
+        refused = [s for s in chosen if s in unreliable]
+        if refused:
+            raise ValueError(
+                f"{', '.join(refused)}: the refiner showed no learned signal on the validation set "
+                "(selection_reliable false in metrics.json), so its test AUC is not published"
+            )
+    else:
+        chosen = [s for s, e in metrics.items() if isinstance(e, dict) and "auc" in e and s not in unreliable]
     missing = [s for s in chosen if s not in metrics or "auc" not in metrics[s]]
     if missing:
         raise KeyError(f"metrics.json has no auc for {', '.join(missing)} (it has {', '.join(metrics)})")
