@@ -195,3 +195,33 @@ def test_extractor_runs_the_members_fused_and_gives_the_per_member_maps(extracto
     got = extractor(images)
     for name, value in expected.items():
         torch.testing.assert_close(got[name], value, rtol=1e-4, atol=1e-5)
+
+
+def test_an_epoch_saved_but_not_validated_before_a_kill_is_validated_on_resume(extractor, images, tmp_path):
+    # The state a SIGKILL leaves between MemberCheckpoints' save and RefinerSelection's validation
+    # of the same epoch: checkpoints of epoch 2, asr_selection.json of epoch 1. Before the fix the
+    # selection never saw epoch 2 and could pick another epoch than an uninterrupted run.
+    from scripts.handlers.training import MemberCheckpoints
+
+    validation = torch.rand(16, 1, 16, 16, generator=torch.Generator().manual_seed(9)) * 2 - 1
+
+    def trainer(folder, epochs, select=True):
+        handlers = [MemberCheckpoints(folder, "asr")] + (
+            [RefinerSelection(folder, validation, seed=0)] if select else []
+        )
+        refiners = build_refiners(["dual", "intra"], seed=0, width=8)
+        return RefinementTrainer("cpu", epochs, refiners, extractor, images, seed=0, batch_size=8, handlers=handlers)
+
+    trainer(tmp_path / "ref", 3).run()
+    trainer(tmp_path / "run", 1).run()
+    trainer(tmp_path / "run", 2, select=False).run()  # epoch 2 checkpointed, never validated
+    trainer(tmp_path / "run", 3).run()
+    reference, resumed = (json.loads((tmp_path / d / "asr_selection.json").read_text()) for d in ("ref", "run"))
+    for name in ("dual", "intra"):
+        assert [h["epoch"] for h in resumed["history"][name]] == [1, 2, 3]
+        for ref, got in zip(reference["history"][name], resumed["history"][name]):
+            assert got["val_auc"] == ref["val_auc"] and got["val_loss"] == ref["val_loss"]
+        assert resumed["refiners"][name]["epoch"] == reference["refiners"][name]["epoch"]
+        ref_net, got_net = (load_refiner(tmp_path / d, name, width=8)[0] for d in ("ref", "run"))
+        for a, b in zip(ref_net.state_dict().values(), got_net.state_dict().values()):
+            assert torch.equal(a, b)
