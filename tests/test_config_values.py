@@ -12,7 +12,10 @@ from scripts.runtime.config_guard import _flat_keys
 from scripts.runtime.config_schema import KEY_RULES, ConfigValueError, all_rules, check_values
 from scripts.runtime.workflows import CONFIG_DIR, METHOD_CONFIGS, config_files_for, run_workflow
 
-ALL_CONFIGS = sorted(str(p) for p in CONFIG_DIR.rglob("*.json") if "metadata" not in p.name)
+# configs/published/ holds measured metrics.json files (publish_metrics), not configuration
+ALL_CONFIGS = sorted(
+    str(p) for p in CONFIG_DIR.rglob("*.json") if "metadata" not in p.name and "published" not in p.parts
+)
 # Literal keys that are not numbers, booleans or lists with a rule, and why.
 EXEMPT = {"image_dir", "n_unlabeled", "anomaly_rate", "input_root", "map_note", "synthesis_holdout"}
 

@@ -106,11 +106,15 @@ def export_torchscript(module: nn.Module, path, channels: int, image_size: int, 
     """Script ``module``, save it with the ``extra`` files ({name: text}) and verify that the
     saved file reproduces the Python module on a sample batch.
 
-    The file is written under a temporary name and renamed once verified, so an export killed
-    half-way leaves the previous ``model.ts`` (or none), never a truncated one."""
+    The file is written in a temporary folder beside it and moved into place once verified, so an
+    export killed half-way leaves the previous ``model.ts`` (or none), never a truncated one. The
+    file keeps its name there: TorchScript names the archive's root folder after the file, and
+    MONAI Deploy finds ``extra/inference.json`` under that folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
+    staging = path.parent / f".{path.name}.partial"
+    staging.mkdir(exist_ok=True)
+    partial = staging / path.name
     example = torch.rand(2, channels, image_size, image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     convert_to_torchscript(
         module.cpu().eval(),
@@ -123,6 +127,7 @@ def export_torchscript(module: nn.Module, path, channels: int, image_size: int, 
         atol=1e-5,
     )
     os.replace(partial, path)
+    staging.rmdir()
     return path
 
 
