@@ -86,17 +86,37 @@ def uninterrupted(tmp_path_factory):
     return json.loads((run / "eval" / "metrics.json").read_text()), exported_output(run / "models" / "model.ts")
 
 
-def test_a_second_run_on_a_live_runs_folder_refuses_naming_the_lock(tmp_path):
-    runs, second = tmp_path / "runs", {}
-
-    def start_a_second_fit(first):
-        done = subprocess.run(command("fit", runs), cwd=REPO_ROOT, env=ENV, capture_output=True, text=True)
-        second.update(code=done.returncode, stderr=done.stderr, first_alive=first.poll() is None)
-
-    kill_when(command("fit", runs), runs / RUN / "run.lock", also=start_a_second_fit)
-    assert second["first_alive"] and second["code"] == 2, second["stderr"][-3000:]
-    errors = [line for line in second["stderr"].splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "run.lock is held by training" in errors[0], second["stderr"][-3000:]
+def test_fit_holds_its_lock_through_all_workflows_and_a_second_run_refuses(tmp_path):
+    # Before, each workflow of `fit` released run.lock at its end: a second run started then took
+    # the lock, and the first stopped at its next workflow. The lock is watched every 10 ms.
+    runs = tmp_path / "runs"
+    lock = runs / RUN / "run.lock"
+    first = subprocess.Popen(command("fit", runs), cwd=REPO_ROOT, env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        while not lock.exists():
+            assert first.poll() is None, first.stderr.read()[-3000:]
+            time.sleep(0.01)
+        second = subprocess.run(command("fit", runs), cwd=REPO_ROOT, env=ENV, capture_output=True, text=True)
+        seen = []  # (lock present, holder pid) while the first run lives
+        while first.poll() is None:
+            try:
+                seen.append((True, json.loads(lock.read_text())["pid"]))
+            except (FileNotFoundError, json.JSONDecodeError, KeyError):
+                seen.append((False, None))
+            time.sleep(0.01)
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+    assert first.returncode == 0, first.stderr.read()[-3000:]
+    assert second.returncode == 2, second.stderr[-3000:]
+    errors = [line for line in second.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "run.lock is held by training" in errors[0], second.stderr[-3000:]
+    present = [i for i, (held, _) in enumerate(seen) if held]
+    gaps = [i for i in range(present[0], present[-1]) if not seen[i][0]]
+    assert gaps == [], f"run.lock was gone {len(gaps)} times between the first and last workflow"
+    assert {pid for held, pid in seen if held} == {first.pid}
 
 
 def test_killed_in_stage_1_stage_2_and_export_then_rerun_gives_the_same_results(uninterrupted, tmp_path):

@@ -52,8 +52,12 @@ def config_files_for(workflow: str, extra=None, method: str = "ddad") -> list[st
     return files + [str(Path(f).resolve()) for f in (extra or [])]
 
 
-def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=None, method: str = "ddad") -> None:
-    """Run one bundle workflow of ``method`` in this process, after checking the override keys."""
+def run_workflow(
+    workflow: str, overrides: dict | None = None, extra_configs=None, method: str = "ddad", release_locks: bool = True
+) -> None:
+    """Run one bundle workflow of ``method`` in this process, after checking the override keys.
+
+    ``release_locks=False`` keeps the run folder's lock for a next workflow of the same sequence."""
     from monai.bundle import run
 
     overrides = dict(overrides or {})
@@ -74,7 +78,8 @@ def run_workflow(workflow: str, overrides: dict | None = None, extra_configs=Non
         raise root_cause(error) from error
     finally:
         config_guard.clear_invocation()
-        release_held_locks()
+        if release_locks:
+            release_held_locks()
 
 
 def run_workflows(workflows: list[str], overrides: dict, extra_configs=None, method: str = "ddad") -> None:
@@ -82,14 +87,18 @@ def run_workflows(workflows: list[str], overrides: dict, extra_configs=None, met
 
     A key no workflow defines, or a value of the wrong type or range, is refused before the first
     one starts, so a typo in a key only the last workflow reads does not cost the first its run.
+    The run folder's lock is held from the first workflow to the end of the last: another run
+    started in between would otherwise take it and interleave with this one.
     """
     files = {w: config_files_for(w, extra_configs, method) for w in workflows}
     union = list(dict.fromkeys(f for w in workflows for f in files[w]))
     config_guard.check_overrides(union, overrides)
     for workflow in workflows:
         config_guard.check_workflow_values(files[workflow], overrides)
-    for workflow in workflows:
-        known = config_guard.known_keys(files[workflow])
-        run_workflow(
-            workflow, {k: v for k, v in overrides.items() if k.replace("::", "#") in known}, extra_configs, method
-        )
+    try:
+        for workflow in workflows:
+            known = config_guard.known_keys(files[workflow])
+            chosen = {k: v for k, v in overrides.items() if k.replace("::", "#") in known}
+            run_workflow(workflow, chosen, extra_configs, method, release_locks=False)
+    finally:
+        release_held_locks()
