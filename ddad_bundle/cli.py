@@ -249,13 +249,12 @@ def dispatch(argv: list[str] | None = None) -> int:
 
         return experiments.main(argv[argv.index("experiment") + 1 :])
     if args.command == "publish_metrics":
-        from scripts.tools.publish import publish_eval_metrics
-
-        from scripts.tools.publish import unreliable_scores
+        from scripts.tools.publish import publish_eval_metrics, unreliable_scores
 
         published = publish_eval_metrics(args.metrics, args.metadata, args.name, args.scores)
         print(f"eval_metrics of {args.metadata}: {published}")
-        left_out = unreliable_scores(json.loads(open(args.metrics).read()))
+        with open(args.metrics) as metrics:
+            left_out = unreliable_scores(json.load(metrics))
         if left_out and not args.scores:
             print(f"left out (no learned signal on the validation set): {', '.join(left_out)}")
         return 0

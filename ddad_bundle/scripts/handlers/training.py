@@ -215,19 +215,20 @@ def resume_plan(checkpointers: list, engine: Engine) -> dict:
                     epochs[-1],
                 )
             return {"epoch": epoch, "states": states}
-    folder = checkpointers[0].ckpt_dir if checkpointers else None
-    if epochs and (damaged or len(epochs) > 1):
+    if not epochs:
+        return {"epoch": None, "states": {}}
+    folder = checkpointers[0].ckpt_dir
+    if damaged or len(epochs) > 1:
         raise RuntimeError(
             f"no epoch among {epochs} has an intact checkpoint for every member in {folder} (warnings above); "
             "remove them or set resume to false to start over"
         )
-    if epochs:
-        logger.warning(
-            "starting from epoch 0: no epoch among %s has a checkpoint of every member in %s "
-            "(an earlier run stopped while writing them)",
-            epochs,
-            folder,
-        )
+    logger.warning(
+        "starting from epoch 0: no epoch among %s has a checkpoint of every member in %s "
+        "(an earlier run stopped while writing them)",
+        epochs,
+        folder,
+    )
     return {"epoch": None, "states": {}}
 
 

@@ -63,15 +63,20 @@ def _as_list(config_files) -> list[str]:
     return [f.strip() for f in text.split(",")] if "," in text else [text]
 
 
+def _literal_or_text(text: str):
+    """``text`` as a Python literal where it parses, else the text itself (python-fire's reading)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def parse_value(text: str):
     """Command-line values as Python literals where they parse (numbers, booleans, lists), else strings."""
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
+    return _literal_or_text(text)
 
 
 def parse_overrides(tokens: list[str], literal: bool = True) -> dict:
@@ -89,13 +94,6 @@ def parse_overrides(tokens: list[str], literal: bool = True) -> dict:
         overrides[key] = parse_value(value) if literal else value
         i += 1
     return overrides
-
-
-def _literal_or_text(text: str):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
 
 
 def parse_run_argv(argv: list[str]) -> dict | None:
